@@ -1,0 +1,127 @@
+//! `agentbus serve`: configuration from flags, `AGENTBUS_*` variables and a TOML file,
+//! logging, signals, and the server itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agentbus_server::Config;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Flags of `agentbus serve` (each also an `AGENTBUS_*` variable). Flags win over
+/// variables, variables over the config file, the file over the defaults.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// TOML configuration file (default: ./agentbus.toml when it exists).
+    #[arg(long, env = "AGENTBUS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:3030].
+    #[arg(long, env = "AGENTBUS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data folder: the store, PID and log files [default: ./data].
+    #[arg(long, env = "AGENTBUS_DATA")]
+    pub data: Option<PathBuf>,
+    /// Keep everything in memory; nothing survives a restart.
+    #[arg(long, env = "AGENTBUS_EPHEMERAL")]
+    pub ephemeral: bool,
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, env = "AGENTBUS_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "AGENTBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Reads the configuration: defaults, then the file, then variables and flags.
+pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let default_file = Path::new("agentbus.toml");
+    let file = match &args.config {
+        Some(p) => Some(p.clone()),
+        None if default_file.exists() => Some(default_file.to_path_buf()),
+        None => None,
+    };
+    let mut config = match &file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<Config>(&text).with_context(|| format!("invalid configuration in {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data) = &args.data {
+        config.data = data.clone();
+    }
+    if args.ephemeral {
+        config.ephemeral = true;
+    }
+    Ok(config)
+}
+
+fn init_logging(args: &ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("signal received: shutting down");
+}
+
+/// Runs `agentbus serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args)?;
+    init_logging(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let store = match agentbus_server::open_store(&config) {
+            Ok(store) => store,
+            Err(e) => anyhow::bail!("{e}"),
+        };
+        let where_ = if config.ephemeral { "memory (ephemeral)".to_owned() } else { config.data.display().to_string() };
+        tracing::info!(%addr, store = %where_, "agentbus {} listening on ws://{addr}", env!("CARGO_PKG_VERSION"));
+        println!("agentbus listening on {addr}");
+        agentbus_server::serve_with_store(config, listener, store, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

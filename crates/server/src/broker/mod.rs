@@ -1,0 +1,14 @@
+//! The broker: the single owner of topics, subscriptions, presence, offsets and the
+//! idempotency window.
+//!
+//! Connection tasks and HTTP handlers reach it only through a bounded command channel
+//! ([`BrokerHandle`]); its logic ([`Broker`]) is plain synchronous code driven by the
+//! loop in [`task`]. A publish gets its offset here, travels to the store writer and
+//! comes back once committed; only then is it fanned out to subscribers' outboxes
+//! (`try`-pushes that never wait) and acknowledged.
+
+mod state;
+pub mod task;
+
+pub use state::{Ack, Broker, BrokerOptions, Command, ConnId, Origin, Pending, Publish, Reply};
+pub use task::BrokerHandle;

@@ -1,0 +1,644 @@
+//! The broker's state and its synchronous command handling.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use agentbus_protocol::{
+    AgentId, AgentPresence, ErrorCode, FrameError, MessageDraft, Ref, RegisterFrame, ServerFrame, SubscribeFrame,
+    TopicInfo, TopicName, ack_frame, error_frame,
+};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::outbox::{Outbox, Outgoing, PushError, Replay, SubscribedReply};
+use crate::store::writer::{FromWriter, ToWriter, Writable, WriteBatch};
+use crate::store::{Cursor, KnownId, Record, StoreError, TopicState};
+
+/// Identifies one connection (WebSocket or SSE stream) for the life of the server.
+pub type ConnId = u64;
+
+/// Where a reply goes: a connection's outbox (as a frame with the client's `ref`) or
+/// an HTTP handler waiting on a oneshot.
+pub enum Reply<T> {
+    /// Serialize into this outbox.
+    Outbox(Arc<Outbox>, Option<Ref>),
+    /// Hand the value to a waiting handler.
+    Oneshot(oneshot::Sender<T>),
+}
+
+/// An acknowledged publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The message id.
+    pub id: String,
+    /// Where it was stored.
+    pub topic: TopicName,
+    /// Its offset.
+    pub offset: u64,
+    /// Subscriptions it was delivered to.
+    pub delivered: usize,
+    /// True when the id was already stored and nothing was delivered again.
+    pub duplicate: bool,
+}
+
+/// Where the ack (or error) of a publish goes.
+pub type Origin = Reply<Result<Ack, FrameError>>;
+
+/// A message on its way to the store, or a duplicate's ack waiting its turn.
+pub struct Pending {
+    topic: TopicName,
+    epoch: Arc<str>,
+    offset: u64,
+    id: String,
+    client_id: bool,
+    duplicate: bool,
+    timestamp_ms: i64,
+    from_agent: String,
+    frame: Utf8Bytes,
+    origin: Origin,
+}
+
+impl Writable for Pending {
+    fn record(&self) -> Option<Record<'_>> {
+        (!self.duplicate).then(|| Record {
+            topic: &self.topic,
+            epoch: &self.epoch,
+            offset: self.offset,
+            id: &self.id,
+            client_id: self.client_id,
+            timestamp_ms: self.timestamp_ms,
+            from_agent: &self.from_agent,
+            frame: self.frame.as_str(),
+        })
+    }
+}
+
+/// A publish, prepared by the connection or handler that received it.
+pub struct Publish {
+    /// Destination topic (an inbox for direct messages).
+    pub topic: TopicName,
+    /// Message id.
+    pub id: String,
+    /// Whether the client chose the id (the send is then idempotent).
+    pub client_id: bool,
+    /// The sender.
+    pub from_agent: String,
+    /// Receive time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The encoded message, lacking its offset.
+    pub draft: MessageDraft,
+    /// Where the ack goes.
+    pub origin: Origin,
+}
+
+/// A request to the broker.
+pub enum Command {
+    /// A connection opened; frames for it go to `outbox`.
+    Open {
+        /// The connection.
+        conn: ConnId,
+        /// Its outbox.
+        outbox: Arc<Outbox>,
+    },
+    /// A connection closed: drop its subscriptions and presence.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// `register`.
+    Register {
+        /// The connection.
+        conn: ConnId,
+        /// The validated frame.
+        frame: RegisterFrame,
+        /// The client's `ref`.
+        reference: Option<Ref>,
+    },
+    /// `subscribe`.
+    Subscribe {
+        /// The connection.
+        conn: ConnId,
+        /// The validated frame.
+        frame: SubscribeFrame,
+        /// The client's `ref`.
+        reference: Option<Ref>,
+    },
+    /// `unsubscribe`.
+    Unsubscribe {
+        /// The connection.
+        conn: ConnId,
+        /// The topic.
+        topic: TopicName,
+        /// The client's `ref`.
+        reference: Option<Ref>,
+    },
+    /// `send` or HTTP publish.
+    Publish(Box<Publish>),
+    /// Agents online (optionally only those following `topic`).
+    Presence {
+        /// The filter.
+        topic: Option<TopicName>,
+        /// Where the answer goes.
+        reply: Reply<Vec<AgentPresence>>,
+    },
+    /// Every known topic.
+    Topics {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<TopicInfo>>,
+    },
+    /// Answer with the topic's last committed offset as soon as it exceeds `after`
+    /// (long-poll).
+    WaitFor {
+        /// The topic.
+        topic: TopicName,
+        /// The offset the caller has.
+        after: u64,
+        /// Fired with the last committed offset.
+        reply: oneshot::Sender<u64>,
+    },
+}
+
+/// Settings of the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Name and version reported in `registered`.
+    pub server_name: String,
+    /// Epoch given to topics created by this run.
+    pub boot_epoch: String,
+    /// Client ids remembered for idempotency.
+    pub dedupe_window: usize,
+    /// Most subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Waiters (long-polls) allowed per topic.
+    pub max_waiters: usize,
+}
+
+struct Topic {
+    /// The offset the next publish gets.
+    next: u64,
+    /// The last offset the store committed (and that was fanned out).
+    committed: u64,
+    epoch: Arc<str>,
+    subscribers: Vec<(ConnId, Arc<Outbox>)>,
+    waiters: Vec<oneshot::Sender<u64>>,
+}
+
+impl Topic {
+    fn new(epoch: Arc<str>, last: u64) -> Self {
+        Self { next: last + 1, committed: last, epoch, subscribers: Vec::new(), waiters: Vec::new() }
+    }
+}
+
+struct Conn {
+    outbox: Arc<Outbox>,
+    agent: Option<AgentId>,
+    topics: HashSet<TopicName>,
+}
+
+struct Agent {
+    connections: u32,
+    capabilities: Vec<String>,
+    since: SystemTime,
+}
+
+/// The broker's state. All methods are synchronous and never wait.
+pub struct Broker {
+    options: BrokerOptions,
+    boot_epoch: Arc<str>,
+    topics: HashMap<TopicName, Topic>,
+    conns: HashMap<ConnId, Conn>,
+    agents: HashMap<AgentId, Agent>,
+    /// Client-chosen id → where it was stored; `id_order` evicts the oldest.
+    ids: HashMap<String, (TopicName, u64)>,
+    id_order: VecDeque<String>,
+    /// Agent → last inbox offset handed to one of its connections.
+    cursors: HashMap<String, u64>,
+    dirty_cursors: HashMap<String, u64>,
+    to_write: Vec<Pending>,
+    /// A failed commit rewound the offsets; the writer must be told to resume.
+    resume_needed: bool,
+    /// Failures still arriving from before the rewind must not rewind again.
+    awaiting_resume: bool,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Broker {
+    /// A broker that continues the history the store holds.
+    pub fn new(options: BrokerOptions, topics: Vec<TopicState>, ids: Vec<KnownId>, cursors: Vec<Cursor>) -> Self {
+        let boot_epoch: Arc<str> = Arc::from(options.boot_epoch.as_str());
+        let mut broker = Self {
+            boot_epoch,
+            topics: HashMap::new(),
+            conns: HashMap::new(),
+            agents: HashMap::new(),
+            ids: HashMap::new(),
+            id_order: VecDeque::new(),
+            cursors: cursors.into_iter().map(|c| (c.agent, c.offset)).collect(),
+            dirty_cursors: HashMap::new(),
+            to_write: Vec::new(),
+            resume_needed: false,
+            awaiting_resume: false,
+            options,
+        };
+        for t in topics {
+            broker.topics.insert(t.topic, Topic::new(Arc::from(t.epoch.as_str()), t.last_offset));
+        }
+        // `ids` come newest first; remember them oldest first so eviction order holds.
+        for k in ids.into_iter().rev() {
+            broker.remember_id(k.id, k.topic, k.offset);
+        }
+        broker
+    }
+
+    fn remember_id(&mut self, id: String, topic: TopicName, offset: u64) {
+        if self.ids.insert(id.clone(), (topic, offset)).is_none() {
+            self.id_order.push_back(id);
+            while self.id_order.len() > self.options.dedupe_window {
+                if let Some(old) = self.id_order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn topic_mut(&mut self, name: &TopicName) -> &mut Topic {
+        let epoch = &self.boot_epoch;
+        self.topics.entry(name.clone()).or_insert_with(|| Topic::new(epoch.clone(), 0))
+    }
+
+    /// Handles one command.
+    pub fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Open { conn, outbox } => {
+                self.conns.insert(conn, Conn { outbox, agent: None, topics: HashSet::new() });
+            }
+            Command::Close { conn } => self.close(conn),
+            Command::Register { conn, frame, reference } => self.register(conn, frame, reference),
+            Command::Subscribe { conn, frame, reference } => self.subscribe(conn, frame, reference),
+            Command::Unsubscribe { conn, topic, reference } => self.unsubscribe(conn, topic, reference),
+            Command::Publish(p) => self.publish(*p),
+            Command::Presence { topic, reply } => {
+                let agents = self.presence(topic.as_ref());
+                match reply {
+                    Reply::Outbox(outbox, reference) => {
+                        let _ = outbox.push_frame(ServerFrame::Presence { agents, reference }.to_json());
+                    }
+                    Reply::Oneshot(tx) => {
+                        let _ = tx.send(agents);
+                    }
+                }
+            }
+            Command::Topics { reply } => {
+                let _ = reply.send(self.topic_infos());
+            }
+            Command::WaitFor { topic, after, reply } => {
+                let max = self.options.max_waiters;
+                let t = self.topic_mut(&topic);
+                if t.committed > after {
+                    let _ = reply.send(t.committed);
+                } else {
+                    t.waiters.retain(|w| !w.is_closed());
+                    if t.waiters.len() < max {
+                        t.waiters.push(reply);
+                    } else {
+                        let _ = reply.send(t.committed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        for topic in &c.topics {
+            if let Some(t) = self.topics.get_mut(topic) {
+                t.subscribers.retain(|(id, _)| *id != conn);
+            }
+        }
+        if let Some(agent) = c.agent {
+            if let Some(a) = self.agents.get_mut(&agent) {
+                a.connections = a.connections.saturating_sub(1);
+                if a.connections == 0 {
+                    self.agents.remove(&agent);
+                    tracing::info!(agent = %agent, "Agent '{agent}' disconnected");
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, conn: ConnId, frame: RegisterFrame, reference: Option<Ref>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let outbox = c.outbox.clone();
+        if let Some(existing) = &c.agent {
+            if *existing != frame.agent_id {
+                let msg = format!("this connection is already registered as {existing:?}");
+                let _ = outbox.push_frame(error_frame(ErrorCode::InvalidField, &msg, reference.as_ref()));
+                return;
+            }
+        }
+        let first_time = c.agent.is_none();
+        c.agent = Some(frame.agent_id.clone());
+        let agent_id = frame.agent_id;
+        if first_time {
+            let a = self.agents.entry(agent_id.clone()).or_insert_with(|| Agent {
+                connections: 0,
+                capabilities: Vec::new(),
+                since: SystemTime::now(),
+            });
+            a.connections += 1;
+            a.capabilities = frame.capabilities;
+            tracing::info!(agent = %agent_id, conn, "Agent '{agent_id}' connected");
+        } else if let Some(a) = self.agents.get_mut(&agent_id) {
+            a.capabilities = frame.capabilities;
+        }
+        let session = format!("{}-{conn}", self.boot_epoch);
+        let registered = ServerFrame::Registered {
+            agent_id: agent_id.to_string(),
+            session,
+            server: self.options.server_name.clone(),
+            reference,
+        };
+        let _ = outbox.push_frame(registered.to_json());
+        if !first_time {
+            return;
+        }
+        // The inbox: subscribe, then hand over what arrived while the agent was away.
+        let inbox = TopicName::inbox(&agent_id);
+        let cursor = self.cursors.get(agent_id.as_str()).copied().unwrap_or(0);
+        let t = self.topic_mut(&inbox);
+        t.subscribers.push((conn, outbox.clone()));
+        let committed = t.committed;
+        if committed > cursor {
+            let replay = Replay { topic: inbox.clone(), after: cursor, upto: committed, newest: None, subscribed: None };
+            let _ = outbox.push(Outgoing::Replay(Box::new(replay)));
+            self.set_cursor(agent_id.as_str(), committed);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.topics.insert(inbox);
+        }
+    }
+
+    fn set_cursor(&mut self, agent: &str, offset: u64) {
+        let pos = self.cursors.entry(agent.to_owned()).or_insert(0);
+        if offset > *pos {
+            *pos = offset;
+            self.dirty_cursors.insert(agent.to_owned(), offset);
+        }
+    }
+
+    fn subscribe(&mut self, conn: ConnId, frame: SubscribeFrame, reference: Option<Ref>) {
+        let max = self.options.max_subscriptions;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let outbox = c.outbox.clone();
+        let already = c.topics.contains(&frame.topic);
+        if !already && c.topics.len() >= max {
+            let msg = format!("at most {max} subscriptions per connection");
+            let _ = outbox.push_frame(error_frame(ErrorCode::TooLarge, &msg, reference.as_ref()));
+            return;
+        }
+        c.topics.insert(frame.topic.clone());
+        let agent = c.agent.clone();
+        let t = self.topic_mut(&frame.topic);
+        let committed = t.committed;
+        let epoch = t.epoch.to_string();
+        let (after, newest, recovery, reset) = match frame.since {
+            Some(since) => {
+                let other_history = frame.epoch.as_deref().is_some_and(|e| e != epoch) || since > committed;
+                if other_history { (0, None, true, true) } else { (since, None, true, false) }
+            }
+            None => match frame.history.unwrap_or(agentbus_protocol::DEFAULT_HISTORY) {
+                0 => (committed, None, false, false),
+                n => (0, Some(n), false, false),
+            },
+        };
+        let replay = Replay {
+            topic: frame.topic.clone(),
+            after,
+            upto: committed,
+            newest,
+            subscribed: Some(SubscribedReply { epoch, recovery, reset, reference }),
+        };
+        if outbox.push(Outgoing::Replay(Box::new(replay))).is_ok() && !already {
+            t.subscribers.push((conn, outbox));
+        }
+        match agent {
+            Some(a) => tracing::info!(agent = %a, topic = %frame.topic, "Agent '{a}' subscribed to topic '{}'", frame.topic),
+            None => tracing::info!(conn, topic = %frame.topic, "Connection {conn} subscribed to topic '{}'", frame.topic),
+        }
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, topic: TopicName, reference: Option<Ref>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.topics.remove(&topic);
+        let outbox = c.outbox.clone();
+        if let Some(t) = self.topics.get_mut(&topic) {
+            t.subscribers.retain(|(id, _)| *id != conn);
+        }
+        let _ = outbox.push_frame(ServerFrame::Unsubscribed { topic: topic.to_string(), reference }.to_json());
+    }
+
+    fn publish(&mut self, p: Publish) {
+        if p.client_id {
+            if let Some((topic, offset)) = self.ids.get(&p.id).cloned() {
+                let epoch = self.topic_mut(&topic).epoch.clone();
+                self.to_write.push(Pending {
+                    topic,
+                    epoch,
+                    offset,
+                    id: p.id,
+                    client_id: true,
+                    duplicate: true,
+                    timestamp_ms: p.timestamp_ms,
+                    from_agent: p.from_agent,
+                    frame: Utf8Bytes::from_static(""),
+                    origin: p.origin,
+                });
+                return;
+            }
+        }
+        let t = self.topic_mut(&p.topic);
+        let offset = t.next;
+        t.next += 1;
+        let epoch = t.epoch.clone();
+        let frame = Utf8Bytes::from(p.draft.finish(offset));
+        if p.client_id {
+            self.remember_id(p.id.clone(), p.topic.clone(), offset);
+        }
+        self.to_write.push(Pending {
+            topic: p.topic,
+            epoch,
+            offset,
+            id: p.id,
+            client_id: p.client_id,
+            duplicate: false,
+            timestamp_ms: p.timestamp_ms,
+            from_agent: p.from_agent,
+            frame,
+            origin: p.origin,
+        });
+    }
+
+    /// Work for the writer accumulated by the commands handled so far.
+    pub fn take_write(&mut self) -> Option<ToWriter<Pending>> {
+        if self.resume_needed {
+            self.resume_needed = false;
+            return Some(ToWriter::Resume);
+        }
+        if self.to_write.is_empty() && self.dirty_cursors.is_empty() {
+            return None;
+        }
+        let cursors = self.dirty_cursors.drain().map(|(agent, offset)| Cursor { agent, offset }).collect();
+        Some(ToWriter::Batch(WriteBatch { items: std::mem::take(&mut self.to_write), cursors }))
+    }
+
+    /// Handles the writer's report: fan out and ack what was stored, refuse what was not.
+    pub fn on_writer(&mut self, msg: FromWriter<Pending>) {
+        match msg {
+            FromWriter::Resumed => self.awaiting_resume = false,
+            FromWriter::Done { batches, result: Ok(()), .. } => {
+                for batch in batches {
+                    for p in batch.items {
+                        self.committed(p);
+                    }
+                }
+            }
+            FromWriter::Done { batches, result: Err(e), .. } => self.failed(batches, &e),
+        }
+    }
+
+    fn committed(&mut self, p: Pending) {
+        if p.duplicate {
+            let ack = Ack { id: p.id, topic: p.topic, offset: p.offset, delivered: 0, duplicate: true };
+            send_ack(p.origin, Ok(ack));
+            return;
+        }
+        let Some(t) = self.topics.get_mut(&p.topic) else { return };
+        t.committed = p.offset;
+        let mut delivered = 0;
+        for (conn, outbox) in &t.subscribers {
+            match outbox.push(Outgoing::Frame(p.frame.clone())) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Overflow) => {
+                    tracing::warn!(conn, topic = %p.topic, "slow consumer: connection {conn} fell behind and is closed");
+                }
+                Err(PushError::Gone) => {}
+            }
+        }
+        let subscribers = t.subscribers.len();
+        for w in t.waiters.drain(..) {
+            let _ = w.send(p.offset);
+        }
+        tracing::debug!(
+            topic = %p.topic,
+            offset = p.offset,
+            "Sent message on topic '{}' to {delivered}/{subscribers} subscribers",
+            p.topic
+        );
+        if delivered > 0 {
+            if let Some(agent) = p.topic.inbox_owner() {
+                let agent = agent.to_owned();
+                self.set_cursor(&agent, p.offset);
+            }
+        }
+        let ack = Ack { id: p.id, topic: p.topic, offset: p.offset, delivered, duplicate: false };
+        send_ack(p.origin, Ok(ack));
+    }
+
+    fn failed(&mut self, batches: Vec<WriteBatch<Pending>>, error: &StoreError) {
+        let (code, message) = match error {
+            StoreError::Full(_) | StoreError::Halted => (ErrorCode::Unavailable, format!("not stored: {error}")),
+            _ => (ErrorCode::Internal, "not stored: the store failed (see the server log)".to_owned()),
+        };
+        for batch in batches {
+            for p in batch.items {
+                if p.client_id && !p.duplicate && self.ids.get(&p.id).is_some_and(|(_, o)| *o == p.offset) {
+                    self.ids.remove(&p.id);
+                }
+                send_ack(p.origin, Err(FrameError::new(code, message.clone())));
+            }
+            for c in batch.cursors {
+                self.dirty_cursors.entry(c.agent).or_insert(c.offset);
+            }
+        }
+        if !self.awaiting_resume {
+            // Everything after the last commit was refused or will be: hand out those
+            // offsets again so that no topic ever has a gap.
+            for t in self.topics.values_mut() {
+                t.next = t.committed + 1;
+            }
+            self.awaiting_resume = true;
+            self.resume_needed = true;
+        }
+    }
+
+    fn presence(&self, topic: Option<&TopicName>) -> Vec<AgentPresence> {
+        let mut out: Vec<AgentPresence> = self
+            .agents
+            .iter()
+            .map(|(id, a)| {
+                let mut topics: Vec<String> = self
+                    .conns
+                    .values()
+                    .filter(|c| c.agent.as_ref() == Some(id))
+                    .flat_map(|c| c.topics.iter())
+                    .filter(|t| t.inbox_owner().is_none())
+                    .map(|t| t.to_string())
+                    .collect();
+                topics.sort();
+                topics.dedup();
+                AgentPresence {
+                    agent_id: id.to_string(),
+                    connections: a.connections,
+                    topics,
+                    capabilities: a.capabilities.clone(),
+                    since: rfc3339(a.since),
+                }
+            })
+            .filter(|p| topic.is_none_or(|t| p.topics.iter().any(|x| x == t.as_str())))
+            .collect();
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        out
+    }
+
+    fn topic_infos(&self) -> Vec<TopicInfo> {
+        let mut out: Vec<TopicInfo> = self
+            .topics
+            .iter()
+            .map(|(name, t)| TopicInfo {
+                topic: name.to_string(),
+                last_offset: t.committed,
+                first_offset: 0,
+                subscribers: t.subscribers.len(),
+                epoch: t.epoch.to_string(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        out
+    }
+
+    /// Closes every outbox (shutdown): connection tasks flush and say goodbye.
+    pub fn close_all(&mut self) {
+        for c in self.conns.values() {
+            c.outbox.close();
+        }
+    }
+}
+
+fn send_ack(origin: Origin, result: Result<Ack, FrameError>) {
+    match origin {
+        Reply::Outbox(outbox, reference) => {
+            let frame = match &result {
+                Ok(a) => ack_frame(&a.id, &a.topic, a.offset, a.delivered, a.duplicate, reference.as_ref()),
+                Err(e) => error_frame(e.code, &e.message, reference.as_ref()),
+            };
+            let _ = outbox.push_frame(frame);
+        }
+        Reply::Oneshot(tx) => {
+            let _ = tx.send(result);
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! One task per WebSocket connection.
+//!
+//! It reads frames, validates them and hands them to the broker (waiting when the
+//! broker's queue is full, which slows only this client's reads); it drains its
+//! [`Outbox`] in whole batches, writes every frame and flushes once; it pings quiet
+//! clients and closes with the proper code on protocol violations, slow consumption and
+//! shutdown (1001, after flushing what was queued).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use agentbus_protocol::{AgentId, ClientFrame, ErrorCode, Ref, ServerFrame, error_frame, history_frame};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+
+use crate::broker::{BrokerHandle, Command, ConnId, Reply};
+use crate::outbox::{Outbox, OutboxState, Outgoing};
+use crate::replay::ReplayCursor;
+use crate::shared::{Shared, search_hits};
+
+/// Close code sent to a slow consumer (private range: 4000–4999).
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+/// Frames read in one go, when already buffered, before the outbox is drained.
+const READ_BURST: usize = 64;
+
+/// Tells the broker the connection is gone, however the task ends.
+pub(crate) struct CloseGuard {
+    pub(crate) conn: ConnId,
+    pub(crate) broker: BrokerHandle,
+}
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        let cmd = Command::Close { conn: self.conn };
+        if self.broker.try_send(cmd).is_err() {
+            let (broker, conn) = (self.broker.clone(), self.conn);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { broker.send(Command::Close { conn }).await });
+            }
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct Connection<S> {
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    agent: Option<AgentId>,
+    last_seen: Instant,
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = shared.next_conn_id();
+    let outbox = Arc::new(Outbox::new(shared.config.limits.outbox_bytes));
+    if shared.broker.send(Command::Open { conn, outbox: outbox.clone() }).await.is_err() {
+        return;
+    }
+    let _guard = CloseGuard { conn, broker: shared.broker.clone() };
+    let _alive = shared.tasks.clone();
+    let mut c = Connection { ws, shared, conn, outbox, agent: None, last_seen: Instant::now() };
+    match c.serve().await {
+        Ok(()) => tracing::debug!(conn, "connection closed"),
+        Err(e) => tracing::debug!(conn, error = %e, "connection ended"),
+    }
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn serve(&mut self) -> Result<(), tungstenite::Error> {
+        let mut shutdown = self.shared.shutdown.clone();
+        let interval = self.shared.config.limits.ping_interval();
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut batch = VecDeque::new();
+        loop {
+            tokio::select! {
+                msg = self.ws.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    if self.on_incoming(msg).await? == Flow::Stop {
+                        return Ok(());
+                    }
+                    for _ in 1..READ_BURST {
+                        match self.ws.next().now_or_never() {
+                            Some(Some(msg)) => {
+                                if self.on_incoming(msg).await? == Flow::Stop {
+                                    return Ok(());
+                                }
+                            }
+                            Some(None) => return Ok(()),
+                            None => break,
+                        }
+                    }
+                }
+                state = self.outbox.drain(&mut batch) => match state {
+                    OutboxState::Open => self.write_batch(&mut batch).await?,
+                    OutboxState::SlowConsumer => {
+                        let agent = self.agent.as_ref().map_or("-", |a| a.as_str());
+                        tracing::warn!(conn = self.conn, agent, "closing slow consumer");
+                        let msg = "you fell behind by more than the outbox limit; resubscribe with `since` to resume";
+                        self.ws.feed(Message::Text(error_frame(ErrorCode::SlowConsumer, msg, None).into())).await?;
+                        return self.close(CLOSE_SLOW_CONSUMER, "slow consumer").await;
+                    }
+                    OutboxState::Closed => return self.close(1001, "server shutting down").await,
+                },
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() > interval * 3 {
+                        return self.close(1001, "idle timeout").await;
+                    }
+                    self.ws.send(Message::Ping(Default::default())).await?;
+                }
+                _ = shutdown.changed() => {
+                    if self.outbox.try_drain(&mut batch) == OutboxState::Open {
+                        self.write_batch(&mut batch).await?;
+                    }
+                    return self.close(1001, "server shutting down").await;
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), tungstenite::Error> {
+        let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
+        self.ws.send(Message::Close(Some(frame))).await
+    }
+
+    async fn write_batch(&mut self, batch: &mut VecDeque<Outgoing>) -> Result<(), tungstenite::Error> {
+        while let Some(item) = batch.pop_front() {
+            match item {
+                Outgoing::Frame(f) => self.ws.feed(Message::Text(f)).await?,
+                Outgoing::Replay(r) => {
+                    let mut cursor = ReplayCursor::new(*r);
+                    loop {
+                        match cursor.next_page(&self.shared.store).await {
+                            Ok(Some(page)) => {
+                                for f in page {
+                                    self.ws.feed(Message::Text(f.frame)).await?;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::error!(conn = self.conn, error = %e, "replay failed");
+                                let frame = error_frame(ErrorCode::Internal, "replay failed (see the server log)", None);
+                                self.ws.feed(Message::Text(frame.into())).await?;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.ws.flush().await
+    }
+
+    async fn on_incoming(&mut self, msg: Result<Message, tungstenite::Error>) -> Result<Flow, tungstenite::Error> {
+        self.last_seen = Instant::now();
+        match msg {
+            Ok(Message::Text(text)) => {
+                self.on_text(&text).await;
+                Ok(Flow::Continue)
+            }
+            Ok(Message::Binary(_)) => {
+                self.reply_error(ErrorCode::InvalidJson, "binary frames are not supported; send JSON text frames", None);
+                Ok(Flow::Continue)
+            }
+            Ok(Message::Close(_)) => Ok(Flow::Stop),
+            Ok(_) => Ok(Flow::Continue),
+            Err(tungstenite::Error::Capacity(e)) => {
+                let max = self.shared.config.limits.max_message_bytes;
+                let msg = format!("frame too large ({e}); at most {max} bytes are allowed");
+                self.ws.feed(Message::Text(error_frame(ErrorCode::TooLarge, &msg, None).into())).await?;
+                self.close(1009, "frame too large").await?;
+                Ok(Flow::Stop)
+            }
+            Err(tungstenite::Error::Utf8(_)) => {
+                self.close(1007, "invalid UTF-8 in a text frame").await?;
+                Ok(Flow::Stop)
+            }
+            Err(tungstenite::Error::Protocol(e)) => {
+                tracing::debug!(conn = self.conn, error = %e, "protocol violation");
+                let _ = self.close(1002, "protocol error").await;
+                Ok(Flow::Stop)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reply_error(&self, code: ErrorCode, message: &str, reference: Option<&Ref>) {
+        let _ = self.outbox.push_frame(error_frame(code, message, reference));
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let (frame, reference) = match ClientFrame::parse(text, &self.shared.parse_limits) {
+            Ok(parsed) => parsed,
+            Err(e) => return self.reply_error(e.code, &e.message, e.reference.as_ref()),
+        };
+        let conn = self.conn;
+        let cmd = match frame {
+            ClientFrame::Register(frame) => {
+                if let Some(existing) = &self.agent {
+                    if *existing != frame.agent_id {
+                        let msg = format!("this connection is already registered as {existing:?}");
+                        return self.reply_error(ErrorCode::InvalidField, &msg, reference.as_ref());
+                    }
+                }
+                self.agent = Some(frame.agent_id.clone());
+                Command::Register { conn, frame, reference }
+            }
+            ClientFrame::Subscribe(frame) => Command::Subscribe { conn, frame, reference },
+            ClientFrame::Unsubscribe { topic } => Command::Unsubscribe { conn, topic, reference },
+            ClientFrame::Send(send) => {
+                let origin = Reply::Outbox(self.outbox.clone(), reference.clone());
+                match self.shared.prepare_publish(&send, self.agent.as_ref(), None, origin) {
+                    Ok(publish) => Command::Publish(Box::new(publish)),
+                    Err(e) => return self.reply_error(e.code, &e.message, reference.as_ref()),
+                }
+            }
+            ClientFrame::Presence { topic } => {
+                Command::Presence { topic, reply: Reply::Outbox(self.outbox.clone(), reference) }
+            }
+            ClientFrame::Ping => {
+                let _ = self.outbox.push_frame(ServerFrame::Pong { reference }.to_json());
+                return;
+            }
+            ClientFrame::History(h) => {
+                let store = self.shared.store.clone();
+                let topic = h.topic.clone();
+                let read = tokio::task::spawn_blocking(move || match h.after {
+                    Some(after) => store.read_range(&h.topic, after, u64::MAX, h.limit as usize),
+                    None => store.read_before(&h.topic, h.before.unwrap_or(u64::MAX), h.limit as usize),
+                })
+                .await;
+                match read {
+                    Ok(Ok(msgs)) => {
+                        let frame = history_frame(&topic, msgs.iter().map(|m| m.frame.as_str()), reference.as_ref());
+                        let _ = self.outbox.push_frame(frame);
+                    }
+                    other => {
+                        tracing::error!(conn, ?other, "history read failed");
+                        self.reply_error(ErrorCode::Internal, "history read failed", reference.as_ref());
+                    }
+                }
+                return;
+            }
+            ClientFrame::Search(s) => {
+                let store = self.shared.store.clone();
+                let query = crate::store::SearchQuery {
+                    words: s.query,
+                    topic: s.topic,
+                    from_agent: s.from_agent.map(|a| a.to_string()),
+                    limit: s.limit as usize,
+                };
+                match tokio::task::spawn_blocking(move || store.search(&query)).await {
+                    Ok(Ok(hits)) => {
+                        let frame = ServerFrame::SearchResults { hits: search_hits(hits), reference };
+                        let _ = self.outbox.push_frame(frame.to_json());
+                    }
+                    other => {
+                        tracing::error!(conn, ?other, "search failed");
+                        self.reply_error(ErrorCode::Internal, "search failed", reference.as_ref());
+                    }
+                }
+                return;
+            }
+        };
+        if self.shared.broker.send(cmd).await.is_err() {
+            self.reply_error(ErrorCode::Unavailable, "the server is shutting down", None);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! HTTP on the bus's port: the WebSocket upgrade at `/`, the REST API under `/v1`,
+//! Server-Sent Events, health, and the admin page.
+
+mod api;
+mod error;
+mod sse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+pub use error::ApiError;
+
+use crate::shared::Shared;
+
+/// The whole HTTP application.
+pub fn app(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/ui", get(ui))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(api::readyz))
+        .route("/v1/topics", get(api::topics))
+        .route("/v1/topics/{topic}/messages", get(api::history).post(api::publish))
+        .route("/v1/topics/{topic}/events", get(sse::events))
+        .route("/v1/agents", get(api::agents))
+        .route("/v1/search", get(api::search))
+        .fallback(|| async { ApiError::new(agentbus_protocol::ErrorCode::NotFound, "no such endpoint") })
+        .with_state(shared)
+}
+
+/// Buffers and limits of every server-side WebSocket. tungstenite's defaults (64 MiB
+/// messages, a 128 KiB read buffer zero-filled before each read) are far too loose.
+pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(max_message_bytes.saturating_mul(2).max(1 << 20))
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+fn is_websocket_upgrade(req: &Request) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+}
+
+/// `/`: the bus for a WebSocket upgrade, a redirect to the admin page for a browser.
+async fn root(State(shared): State<Arc<Shared>>, mut req: Request) -> Response {
+    if !is_websocket_upgrade(&req) {
+        return Redirect::temporary("/ui").into_response();
+    }
+    let version_ok = req.headers().get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
+    };
+    if !version_ok {
+        return (StatusCode::UPGRADE_REQUIRED, [(header::SEC_WEBSOCKET_VERSION, "13")], "WebSocket version 13 only\n")
+            .into_response();
+    }
+    if *shared.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let config = websocket_config(shared.config.limits.max_message_bytes);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                crate::conn::run(ws, shared).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    let accept = derive_accept_key(key.as_bytes());
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
+}
+
+/// The admin page, served from the binary.
+async fn ui() -> Html<&'static str> {
+    Html(include_str!("ui.html"))
+}
+
+/// Longest long-poll a client may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);

@@ -1,0 +1,110 @@
+//! What every connection task and HTTP handler shares: the broker handle, the store,
+//! the configuration, id generators and the shutdown signal.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agentbus_protocol::{AgentId, ErrorCode, FrameError, MessageDraft, ParseLimits, SendFrame};
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::{BrokerHandle, Origin, Publish};
+use crate::config::Config;
+use crate::store::Store;
+
+/// Shared server state, behind an `Arc`.
+pub struct Shared {
+    /// The broker.
+    pub broker: BrokerHandle,
+    /// The store, for reads (replay, history, search).
+    pub store: Arc<dyn Store>,
+    /// The configuration.
+    pub config: Config,
+    /// Bounds applied while parsing frames.
+    pub parse_limits: ParseLimits,
+    /// Unique to this run of the server: prefixes generated ids and sessions.
+    pub boot_epoch: String,
+    /// Becomes `true` when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Held by every connection task; the server waits until all are dropped.
+    pub tasks: mpsc::Sender<()>,
+    next_conn: AtomicU64,
+    next_message: AtomicU64,
+}
+
+impl Shared {
+    /// Builds the shared state.
+    pub fn new(
+        broker: BrokerHandle,
+        store: Arc<dyn Store>,
+        config: Config,
+        boot_epoch: String,
+        shutdown: watch::Receiver<bool>,
+        tasks: mpsc::Sender<()>,
+    ) -> Self {
+        let parse_limits = ParseLimits { max_page: config.limits.max_page, ..ParseLimits::default() };
+        Self {
+            broker,
+            store,
+            config,
+            parse_limits,
+            boot_epoch,
+            shutdown,
+            tasks,
+            next_conn: AtomicU64::new(1),
+            next_message: AtomicU64::new(1),
+        }
+    }
+
+    /// A new connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new message id, unique across restarts.
+    pub fn new_message_id(&self) -> String {
+        format!("{}-{:x}", self.boot_epoch, self.next_message.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Turns a validated `send` into a publish for the broker: resolves the sender,
+    /// assigns the id and the timestamp, and encodes the message once.
+    pub fn prepare_publish(
+        &self,
+        send: &SendFrame<'_>,
+        registered: Option<&AgentId>,
+        anonymous: Option<&str>,
+        origin: Origin,
+    ) -> Result<Publish, FrameError> {
+        let from_agent = match (&send.from_agent, registered, anonymous) {
+            (Some(a), _, _) => a.as_str(),
+            (None, Some(a), _) => a.as_str(),
+            (None, None, Some(a)) => a,
+            (None, None, None) => {
+                return Err(FrameError::new(
+                    ErrorCode::NotRegistered,
+                    "register first, or say who sends with `from_agent`",
+                ));
+            }
+        };
+        let (id, client_id) = match &send.id {
+            Some(id) => (id.to_string(), true),
+            None => (self.new_message_id(), false),
+        };
+        let now = SystemTime::now();
+        let timestamp_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let timestamp = humantime::format_rfc3339_millis(now).to_string();
+        let topic = send.destination();
+        let draft = MessageDraft::new(&topic, &id, &timestamp, from_agent, send);
+        Ok(Publish { topic, id, client_id, from_agent: from_agent.to_owned(), timestamp_ms, draft, origin })
+    }
+}
+
+/// Search hits as protocol values (frames that fail to parse are skipped).
+pub fn search_hits(hits: Vec<crate::store::StoredHit>) -> Vec<agentbus_protocol::SearchHit> {
+    hits.into_iter()
+        .filter_map(|h| {
+            let message = serde_json::from_str(&h.frame).ok()?;
+            Some(agentbus_protocol::SearchHit { message, snippet: h.snippet, score: h.score })
+        })
+        .collect()
+}
