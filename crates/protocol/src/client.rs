@@ -207,7 +207,11 @@ fn opt_string<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'
     raw.map(|r| string(field, r)).transpose()
 }
 
-fn bounded_id<'a>(field: &str, raw: Option<&'a RawValue>, limits: &ParseLimits) -> Result<Option<Cow<'a, str>>, FrameError> {
+fn bounded_id<'a>(
+    field: &str,
+    raw: Option<&'a RawValue>,
+    limits: &ParseLimits,
+) -> Result<Option<Cow<'a, str>>, FrameError> {
     let Some(s) = opt_string(field, raw)? else { return Ok(None) };
     if s.is_empty() {
         return Err(err(ErrorCode::InvalidField, format!("field `{field}` must not be empty")));
@@ -240,7 +244,9 @@ fn opt_topic(field: &str, raw: Option<&RawValue>) -> Result<Option<TopicName>, F
 
 fn agent(field: &str, raw: Option<&RawValue>) -> Result<Option<AgentId>, FrameError> {
     let Some(s) = opt_string(field, raw)? else { return Ok(None) };
-    AgentId::new(&s).map(Some).map_err(|e: NameError| err(ErrorCode::InvalidField, format!("invalid `{field}` {s:?}: {e}")))
+    AgentId::new(&s)
+        .map(Some)
+        .map_err(|e: NameError| err(ErrorCode::InvalidField, format!("invalid `{field}` {s:?}: {e}")))
 }
 
 fn object<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Option<&'a RawValue>, FrameError> {
@@ -324,8 +330,7 @@ fn parse_object(text: &str) -> Result<RawFrame<'_>, FrameError> {
         };
         return Err(err(ErrorCode::InvalidJson, what));
     }
-    serde_json::from_str::<RawFrame<'_>>(text)
-        .map_err(|e| err(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))
+    serde_json::from_str::<RawFrame<'_>>(text).map_err(|e| err(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))
 }
 
 fn parse_register(raw: &RawFrame<'_>, limits: &ParseLimits) -> Result<RegisterFrame, FrameError> {
@@ -333,9 +338,8 @@ fn parse_register(raw: &RawFrame<'_>, limits: &ParseLimits) -> Result<RegisterFr
     let capabilities = match raw.capabilities {
         None => Vec::new(),
         Some(r) => {
-            let caps: Vec<String> = serde_json::from_str(r.get()).map_err(|_| {
-                err(ErrorCode::InvalidField, "field `capabilities` must be an array of strings")
-            })?;
+            let caps: Vec<String> = serde_json::from_str(r.get())
+                .map_err(|_| err(ErrorCode::InvalidField, "field `capabilities` must be an array of strings"))?;
             if caps.len() > limits.max_capabilities {
                 return Err(err(
                     ErrorCode::TooLarge,
@@ -422,7 +426,8 @@ mod tests {
 
     #[test]
     fn seed_frames_parse() {
-        let ClientFrame::Register(r) = parse(r#"{"type":"register","agent_id":"test-agent"}"#).expect("register") else {
+        let ClientFrame::Register(r) = parse(r#"{"type":"register","agent_id":"test-agent"}"#).expect("register")
+        else {
             panic!("not register")
         };
         assert_eq!(r.agent_id.as_str(), "test-agent");

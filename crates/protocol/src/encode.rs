@@ -126,7 +126,11 @@ pub fn error_frame(code: ErrorCode, message: &str, reference: Option<&Ref>) -> S
 }
 
 /// A `history` frame around already-encoded stored `message` frames (oldest first).
-pub fn history_frame<'a>(topic: &TopicName, frames: impl IntoIterator<Item = &'a str>, reference: Option<&Ref>) -> String {
+pub fn history_frame<'a>(
+    topic: &TopicName,
+    frames: impl IntoIterator<Item = &'a str>,
+    reference: Option<&Ref>,
+) -> String {
     let mut out = String::with_capacity(256);
     out.push_str(r#"{"type":"history","topic":""#);
     out.push_str(topic.as_str());
@@ -153,7 +157,8 @@ mod tests {
 
     #[test]
     fn drafts_finish_into_valid_message_frames() {
-        let text = r#"{"type":"send","topic":"t","content":{"k":"v\"q"},"to_agent":"b","in_reply_to":"x\n","meta":{"m":1}}"#;
+        let text =
+            r#"{"type":"send","topic":"t","content":{"k":"v\"q"},"to_agent":"b","in_reply_to":"x\n","meta":{"m":1}}"#;
         let (ClientFrame::Send(send), _) = ClientFrame::parse(text, &ParseLimits::default()).expect("parse") else {
             panic!("not send")
         };

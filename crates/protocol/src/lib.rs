@@ -11,7 +11,7 @@ mod error;
 mod names;
 mod server;
 
-pub use client::{ClientFrame, HistoryFrame, ParseLimits, RegisterFrame, Ref, SearchFrame, SendFrame, SubscribeFrame};
+pub use client::{ClientFrame, HistoryFrame, ParseLimits, Ref, RegisterFrame, SearchFrame, SendFrame, SubscribeFrame};
 pub use encode::{MessageDraft, ack_frame, error_frame, history_frame, replay_frame};
 pub use error::{ErrorCode, FrameError};
 pub use names::{AgentId, MAX_NAME_LEN, NameError, TopicName};

@@ -157,7 +157,8 @@ where
                             Ok(None) => break,
                             Err(e) => {
                                 tracing::error!(conn = self.conn, error = %e, "replay failed");
-                                let frame = error_frame(ErrorCode::Internal, "replay failed (see the server log)", None);
+                                let frame =
+                                    error_frame(ErrorCode::Internal, "replay failed (see the server log)", None);
                                 self.ws.feed(Message::Text(frame.into())).await?;
                                 break;
                             }
@@ -177,7 +178,11 @@ where
                 Ok(Flow::Continue)
             }
             Ok(Message::Binary(_)) => {
-                self.reply_error(ErrorCode::InvalidJson, "binary frames are not supported; send JSON text frames", None);
+                self.reply_error(
+                    ErrorCode::InvalidJson,
+                    "binary frames are not supported; send JSON text frames",
+                    None,
+                );
                 Ok(Flow::Continue)
             }
             Ok(Message::Close(_)) => Ok(Flow::Stop),
@@ -214,12 +219,11 @@ where
         let conn = self.conn;
         let cmd = match frame {
             ClientFrame::Register(frame) => {
-                if let Some(existing) = &self.agent {
-                    if *existing != frame.agent_id {
+                if let Some(existing) = &self.agent
+                    && *existing != frame.agent_id {
                         let msg = format!("this connection is already registered as {existing:?}");
                         return self.reply_error(ErrorCode::InvalidField, &msg, reference.as_ref());
                     }
-                }
                 self.agent = Some(frame.agent_id.clone());
                 Command::Register { conn, frame, reference }
             }

@@ -58,9 +58,9 @@ impl ReplayCursor {
         if !self.started {
             self.started = true;
             if let Some(sub) = self.replay.subscribed.take() {
-                let recovered = sub.recovery.then(|| {
-                    !sub.reset && (upto <= after || page.first().is_some_and(|m| m.offset == after + 1))
-                });
+                let recovered = sub
+                    .recovery
+                    .then(|| !sub.reset && (upto <= after || page.first().is_some_and(|m| m.offset == after + 1)));
                 let frame = ServerFrame::Subscribed {
                     topic: self.replay.topic.to_string(),
                     offset: upto,

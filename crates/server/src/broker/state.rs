@@ -319,27 +319,25 @@ impl Broker {
                 t.subscribers.retain(|(id, _)| *id != conn);
             }
         }
-        if let Some(agent) = c.agent {
-            if let Some(a) = self.agents.get_mut(&agent) {
+        if let Some(agent) = c.agent
+            && let Some(a) = self.agents.get_mut(&agent) {
                 a.connections = a.connections.saturating_sub(1);
                 if a.connections == 0 {
                     self.agents.remove(&agent);
                     tracing::info!(agent = %agent, "Agent '{agent}' disconnected");
                 }
             }
-        }
     }
 
     fn register(&mut self, conn: ConnId, frame: RegisterFrame, reference: Option<Ref>) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let outbox = c.outbox.clone();
-        if let Some(existing) = &c.agent {
-            if *existing != frame.agent_id {
+        if let Some(existing) = &c.agent
+            && *existing != frame.agent_id {
                 let msg = format!("this connection is already registered as {existing:?}");
                 let _ = outbox.push_frame(error_frame(ErrorCode::InvalidField, &msg, reference.as_ref()));
                 return;
             }
-        }
         let first_time = c.agent.is_none();
         c.agent = Some(frame.agent_id.clone());
         let agent_id = frame.agent_id;
@@ -373,7 +371,8 @@ impl Broker {
         t.subscribers.push((conn, outbox.clone()));
         let committed = t.committed;
         if committed > cursor {
-            let replay = Replay { topic: inbox.clone(), after: cursor, upto: committed, newest: None, subscribed: None };
+            let replay =
+                Replay { topic: inbox.clone(), after: cursor, upto: committed, newest: None, subscribed: None };
             let _ = outbox.push(Outgoing::Replay(Box::new(replay)));
             self.set_cursor(agent_id.as_str(), committed);
         }
@@ -426,8 +425,12 @@ impl Broker {
             t.subscribers.push((conn, outbox));
         }
         match agent {
-            Some(a) => tracing::info!(agent = %a, topic = %frame.topic, "Agent '{a}' subscribed to topic '{}'", frame.topic),
-            None => tracing::info!(conn, topic = %frame.topic, "Connection {conn} subscribed to topic '{}'", frame.topic),
+            Some(a) => {
+                tracing::info!(agent = %a, topic = %frame.topic, "Agent '{a}' subscribed to topic '{}'", frame.topic)
+            }
+            None => {
+                tracing::info!(conn, topic = %frame.topic, "Connection {conn} subscribed to topic '{}'", frame.topic)
+            }
         }
     }
 
@@ -442,8 +445,8 @@ impl Broker {
     }
 
     fn publish(&mut self, p: Publish) {
-        if p.client_id {
-            if let Some((topic, offset)) = self.ids.get(&p.id).cloned() {
+        if p.client_id
+            && let Some((topic, offset)) = self.ids.get(&p.id).cloned() {
                 let epoch = self.topic_mut(&topic).epoch.clone();
                 self.to_write.push(Pending {
                     topic,
@@ -459,7 +462,6 @@ impl Broker {
                 });
                 return;
             }
-        }
         let t = self.topic_mut(&p.topic);
         let offset = t.next;
         t.next += 1;
@@ -538,12 +540,11 @@ impl Broker {
             "Sent message on topic '{}' to {delivered}/{subscribers} subscribers",
             p.topic
         );
-        if delivered > 0 {
-            if let Some(agent) = p.topic.inbox_owner() {
+        if delivered > 0
+            && let Some(agent) = p.topic.inbox_owner() {
                 let agent = agent.to_owned();
                 self.set_cursor(&agent, p.offset);
             }
-        }
         let ack = Ack { id: p.id, topic: p.topic, offset: p.offset, delivered, duplicate: false };
         send_ack(p.origin, Ok(ack));
     }

@@ -27,7 +27,10 @@ pub(super) fn u64_param(params: &HashMap<String, String>, name: &str) -> Result<
         .get(name)
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
-                ApiError::new(ErrorCode::InvalidField, format!("query parameter `{name}` must be a non-negative integer"))
+                ApiError::new(
+                    ErrorCode::InvalidField,
+                    format!("query parameter `{name}` must be a non-negative integer"),
+                )
             })
         })
         .transpose()
@@ -112,8 +115,8 @@ pub(super) async fn history(
         })
     };
     let (mut messages, mut first) = read(&shared).await?;
-    if messages.is_empty() && !wait.is_zero() {
-        if let Some(after) = after {
+    if messages.is_empty() && !wait.is_zero()
+        && let Some(after) = after {
             let (tx, rx) = oneshot::channel();
             shared.broker.send(Command::WaitFor { topic: topic.clone(), after, reply: tx }).await.ok();
             let mut shutdown = shared.shutdown.clone();
@@ -123,7 +126,6 @@ pub(super) async fn history(
             }
             (messages, first) = read(&shared).await?;
         }
-    }
     let raw: Vec<&RawValue> = messages.iter().filter_map(|m| serde_json::from_str(m.frame.as_str()).ok()).collect();
     let last = messages.last().map(|m| m.offset);
     let mut body = serde_json::json!({

@@ -52,9 +52,10 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
 
 fn is_websocket_upgrade(req: &Request) -> bool {
     let has = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
-        })
+        req.headers()
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token))))
     };
     has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
 }

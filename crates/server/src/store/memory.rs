@@ -176,7 +176,11 @@ impl Store for MemoryStore {
                     continue;
                 }
                 let score = words.iter().map(|w| lower.matches(w.as_str()).count()).sum::<usize>() as f64;
-                hits.push((score, e.offset, StoredHit { frame: e.frame.to_string(), snippet: snippet(&text, &words[0]), score }));
+                hits.push((
+                    score,
+                    e.offset,
+                    StoredHit { frame: e.frame.to_string(), snippet: snippet(&text, &words[0]), score },
+                ));
             }
         }
         hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));

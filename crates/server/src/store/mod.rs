@@ -185,10 +185,8 @@ pub trait Store: Send + Sync + 'static {
 
 /// A new epoch: unique per history (the moment it began, in milliseconds, base 36).
 pub fn new_epoch() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut n = ms;
     let mut out = Vec::new();
     while n > 0 {

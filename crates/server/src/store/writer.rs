@@ -120,10 +120,12 @@ pub fn run<T: Writable>(
         let (result, records) = if halted {
             (Err(Arc::new(StoreError::Halted)), 0)
         } else {
-            let records: Vec<Record<'_>> = batches.iter().flat_map(|b| b.items.iter().filter_map(Writable::record)).collect();
+            let records: Vec<Record<'_>> =
+                batches.iter().flat_map(|b| b.items.iter().filter_map(Writable::record)).collect();
             let cursors: Vec<Cursor> = batches.iter().flat_map(|b| b.cursors.iter().cloned()).collect();
             let n = records.len();
-            let result = if records.is_empty() && cursors.is_empty() { Ok(()) } else { store.append(&records, &cursors) };
+            let result =
+                if records.is_empty() && cursors.is_empty() { Ok(()) } else { store.append(&records, &cursors) };
             if let Err(e) = &result {
                 tracing::error!(error = %e, records = n, "store write failed; refusing writes until offsets are rewound");
                 halted = true;
@@ -141,7 +143,12 @@ fn now_ms() -> i64 {
 }
 
 /// Trims and indexes in steps, stopping as soon as work arrives.
-fn upkeep<T>(store: &dyn Store, retention: &RetentionFn, rx: &mut mpsc::Receiver<ToWriter<T>>, pending: &mut Option<ToWriter<T>>) {
+fn upkeep<T>(
+    store: &dyn Store,
+    retention: &RetentionFn,
+    rx: &mut mpsc::Receiver<ToWriter<T>>,
+    pending: &mut Option<ToWriter<T>>,
+) {
     let step = |f: &dyn Fn() -> Result<u64, StoreError>| -> bool {
         match f() {
             Ok(n) => n as usize >= UPKEEP_STEP,
