@@ -170,7 +170,7 @@ struct RawFrame<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow)]
     epoch: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "present")]
     content: Option<&'a RawValue>,
     #[serde(borrow)]
     from_agent: Option<&'a RawValue>,
@@ -188,6 +188,11 @@ struct RawFrame<'a> {
     after: Option<&'a RawValue>,
     #[serde(borrow)]
     query: Option<&'a RawValue>,
+}
+
+/// A field that is present, even as `null` (which `Option` alone would read as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> FrameError {
@@ -480,6 +485,7 @@ mod tests {
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","history":"5"}"#), ErrorCode::InvalidField);
         assert_eq!(code(r#"{"type":"send","content":"x"}"#), ErrorCode::MissingField);
         assert_eq!(code(r#"{"type":"send","topic":"t"}"#), ErrorCode::MissingField);
+        assert!(parse(r#"{"type":"send","topic":"t","content":null}"#).is_ok(), "null is a JSON value");
         assert_eq!(code(r#"{"type":"send","topic":"t","content":1,"meta":3}"#), ErrorCode::InvalidField);
         let long_id = format!(r#"{{"type":"send","topic":"t","content":1,"id":"{}"}}"#, "x".repeat(200));
         assert_eq!(code(&long_id), ErrorCode::TooLarge);

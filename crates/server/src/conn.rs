@@ -220,10 +220,11 @@ where
         let cmd = match frame {
             ClientFrame::Register(frame) => {
                 if let Some(existing) = &self.agent
-                    && *existing != frame.agent_id {
-                        let msg = format!("this connection is already registered as {existing:?}");
-                        return self.reply_error(ErrorCode::InvalidField, &msg, reference.as_ref());
-                    }
+                    && *existing != frame.agent_id
+                {
+                    let msg = format!("this connection is already registered as {existing:?}");
+                    return self.reply_error(ErrorCode::InvalidField, &msg, reference.as_ref());
+                }
                 self.agent = Some(frame.agent_id.clone());
                 Command::Register { conn, frame, reference }
             }

@@ -320,24 +320,26 @@ impl Broker {
             }
         }
         if let Some(agent) = c.agent
-            && let Some(a) = self.agents.get_mut(&agent) {
-                a.connections = a.connections.saturating_sub(1);
-                if a.connections == 0 {
-                    self.agents.remove(&agent);
-                    tracing::info!(agent = %agent, "Agent '{agent}' disconnected");
-                }
+            && let Some(a) = self.agents.get_mut(&agent)
+        {
+            a.connections = a.connections.saturating_sub(1);
+            if a.connections == 0 {
+                self.agents.remove(&agent);
+                tracing::info!(agent = %agent, "Agent '{agent}' disconnected");
             }
+        }
     }
 
     fn register(&mut self, conn: ConnId, frame: RegisterFrame, reference: Option<Ref>) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let outbox = c.outbox.clone();
         if let Some(existing) = &c.agent
-            && *existing != frame.agent_id {
-                let msg = format!("this connection is already registered as {existing:?}");
-                let _ = outbox.push_frame(error_frame(ErrorCode::InvalidField, &msg, reference.as_ref()));
-                return;
-            }
+            && *existing != frame.agent_id
+        {
+            let msg = format!("this connection is already registered as {existing:?}");
+            let _ = outbox.push_frame(error_frame(ErrorCode::InvalidField, &msg, reference.as_ref()));
+            return;
+        }
         let first_time = c.agent.is_none();
         c.agent = Some(frame.agent_id.clone());
         let agent_id = frame.agent_id;
@@ -446,22 +448,23 @@ impl Broker {
 
     fn publish(&mut self, p: Publish) {
         if p.client_id
-            && let Some((topic, offset)) = self.ids.get(&p.id).cloned() {
-                let epoch = self.topic_mut(&topic).epoch.clone();
-                self.to_write.push(Pending {
-                    topic,
-                    epoch,
-                    offset,
-                    id: p.id,
-                    client_id: true,
-                    duplicate: true,
-                    timestamp_ms: p.timestamp_ms,
-                    from_agent: p.from_agent,
-                    frame: Utf8Bytes::from_static(""),
-                    origin: p.origin,
-                });
-                return;
-            }
+            && let Some((topic, offset)) = self.ids.get(&p.id).cloned()
+        {
+            let epoch = self.topic_mut(&topic).epoch.clone();
+            self.to_write.push(Pending {
+                topic,
+                epoch,
+                offset,
+                id: p.id,
+                client_id: true,
+                duplicate: true,
+                timestamp_ms: p.timestamp_ms,
+                from_agent: p.from_agent,
+                frame: Utf8Bytes::from_static(""),
+                origin: p.origin,
+            });
+            return;
+        }
         let t = self.topic_mut(&p.topic);
         let offset = t.next;
         t.next += 1;
@@ -541,10 +544,11 @@ impl Broker {
             p.topic
         );
         if delivered > 0
-            && let Some(agent) = p.topic.inbox_owner() {
-                let agent = agent.to_owned();
-                self.set_cursor(&agent, p.offset);
-            }
+            && let Some(agent) = p.topic.inbox_owner()
+        {
+            let agent = agent.to_owned();
+            self.set_cursor(&agent, p.offset);
+        }
         let ack = Ack { id: p.id, topic: p.topic, offset: p.offset, delivered, duplicate: false };
         send_ack(p.origin, Ok(ack));
     }

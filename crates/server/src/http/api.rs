@@ -115,17 +115,19 @@ pub(super) async fn history(
         })
     };
     let (mut messages, mut first) = read(&shared).await?;
-    if messages.is_empty() && !wait.is_zero()
-        && let Some(after) = after {
-            let (tx, rx) = oneshot::channel();
-            shared.broker.send(Command::WaitFor { topic: topic.clone(), after, reply: tx }).await.ok();
-            let mut shutdown = shared.shutdown.clone();
-            tokio::select! {
-                _ = tokio::time::timeout(wait, rx) => {}
-                _ = shutdown.changed() => {}
-            }
-            (messages, first) = read(&shared).await?;
+    if messages.is_empty()
+        && !wait.is_zero()
+        && let Some(after) = after
+    {
+        let (tx, rx) = oneshot::channel();
+        shared.broker.send(Command::WaitFor { topic: topic.clone(), after, reply: tx }).await.ok();
+        let mut shutdown = shared.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::timeout(wait, rx) => {}
+            _ = shutdown.changed() => {}
         }
+        (messages, first) = read(&shared).await?;
+    }
     let raw: Vec<&RawValue> = messages.iter().filter_map(|m| serde_json::from_str(m.frame.as_str()).ok()).collect();
     let last = messages.last().map(|m| m.offset);
     let mut body = serde_json::json!({

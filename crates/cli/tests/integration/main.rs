@@ -1,0 +1,14 @@
+//! Integration tests: the real `agentbus` binary on a free port, driven by real clients.
+
+#![allow(clippy::unwrap_used)]
+
+mod compat;
+mod errors;
+mod http;
+mod lifecycle;
+mod ws;
+
+use std::time::Duration;
+
+/// How long to watch for something that must not arrive.
+pub const QUIET: Duration = Duration::from_millis(300);
