@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod compat;
+mod durability;
 mod errors;
 mod http;
 mod lifecycle;
