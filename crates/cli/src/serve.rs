@@ -26,16 +26,20 @@ pub struct ServeArgs {
     /// Keep everything in memory; nothing survives a restart.
     #[arg(long, env = "AGENTBUS_EPHEMERAL")]
     pub ephemeral: bool,
-    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
-    #[arg(long, env = "AGENTBUS_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-    /// Log format.
-    #[arg(long, env = "AGENTBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter) [default: info].
+    #[arg(long, env = "AGENTBUS_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "AGENTBUS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Append logs to this file instead of standard error.
+    #[arg(long, env = "AGENTBUS_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// How log lines look.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// For people.
     Text,
@@ -67,15 +71,45 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if args.ephemeral {
         config.ephemeral = true;
     }
+    if let Some(level) = &args.log_level {
+        config.log.level = Some(level.clone());
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = Some(format!("{format:?}").to_lowercase());
+    }
+    if let Some(file) = &args.log_file {
+        config.log.file = Some(file.clone());
+    }
     Ok(config)
 }
 
-fn init_logging(args: &ServeArgs) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_new(&args.log_level).with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
+/// Sets up logging from the `[log]` settings: a level or filter, text or JSON, standard
+/// error or a file (appended to).
+pub fn init_logging(log: &agentbus_server::config::LogConfig) -> anyhow::Result<()> {
+    let level = log.level.as_deref().unwrap_or("info");
+    let filter = EnvFilter::try_new(level).with_context(|| format!("invalid log level {level:?}"))?;
+    let format = match log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => anyhow::bail!("invalid log format {other:?}: use text or json"),
+    };
+    let writer = match &log.file {
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(file))
+        }
+        None => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(log.file.is_none()).init(),
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
@@ -107,7 +141,7 @@ async fn shutdown_signal() {
 /// Runs `agentbus serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args)?;
-    init_logging(&args)?;
+    init_logging(&config.log)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async move {

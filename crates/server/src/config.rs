@@ -23,6 +23,20 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Per-connection and per-frame limits.
     pub limits: Limits,
+    /// Logging (applied by the `agentbus` binary).
+    pub log: LogConfig,
+}
+
+/// Logging settings; flags and `AGENTBUS_LOG_*` variables override them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Level or tracing filter (`info` when unset).
+    pub level: Option<String>,
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+    /// Write logs to this file instead of standard error.
+    pub file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -34,6 +48,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             retention: RetentionConfig::default(),
             limits: Limits::default(),
+            log: LogConfig::default(),
         }
     }
 }

@@ -55,10 +55,14 @@ async fn kill_9_while_publishing_loses_no_acknowledged_message() {
     let mut in_flight = 0u64;
     'outer: loop {
         while in_flight < window {
-            let frame = json!({"type":"send","topic":"crash","content":format!("payload {sent}"),"id":format!("c-{sent}")});
-            if futures_util::SinkExt::send(c.inner(), tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into()))
-                .await
-                .is_err()
+            let frame =
+                json!({"type":"send","topic":"crash","content":format!("payload {sent}"),"id":format!("c-{sent}")});
+            if futures_util::SinkExt::send(
+                c.inner(),
+                tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into()),
+            )
+            .await
+            .is_err()
             {
                 break 'outer;
             }
