@@ -647,3 +647,157 @@ fn send_ack(origin: Origin, result: Result<Ack, FrameError>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+
+    use agentbus_protocol::{ClientFrame, ParseLimits, SubscribeFrame};
+
+    use super::*;
+    use crate::outbox::OutboxState;
+
+    fn broker() -> Broker {
+        let options = BrokerOptions {
+            server_name: "test".into(),
+            boot_epoch: "e1".into(),
+            dedupe_window: 100,
+            max_subscriptions: 10,
+            max_waiters: 10,
+        };
+        Broker::new(options, Vec::new(), Vec::new(), Vec::new())
+    }
+
+    fn open(b: &mut Broker, conn: ConnId) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        b.handle(Command::Open { conn, outbox: outbox.clone() });
+        outbox
+    }
+
+    fn publish(b: &mut Broker, topic: &str, id: Option<&str>, origin: Arc<Outbox>) {
+        let text = match id {
+            Some(id) => format!(r#"{{"type":"send","topic":"{topic}","content":"x","id":"{id}"}}"#),
+            None => format!(r#"{{"type":"send","topic":"{topic}","content":"x"}}"#),
+        };
+        let (ClientFrame::Send(send), _) = ClientFrame::parse(&text, &ParseLimits::default()).unwrap() else {
+            panic!("send")
+        };
+        let topic = send.destination();
+        let id = id.map_or_else(|| "gen".to_owned(), str::to_owned);
+        let draft = MessageDraft::new(&topic, &id, "2026-01-01T00:00:00Z", "me", &send);
+        b.handle(Command::Publish(Box::new(Publish {
+            topic,
+            id,
+            client_id: send.id.is_some(),
+            from_agent: "me".into(),
+            timestamp_ms: 0,
+            draft,
+            origin: Reply::Outbox(origin, None),
+        })));
+    }
+
+    fn frames(outbox: &Outbox) -> Vec<serde_json::Value> {
+        let mut q = VecDeque::new();
+        outbox.try_drain(&mut q);
+        q.into_iter()
+            .filter_map(|o| match o {
+                Outgoing::Frame(f) => Some(serde_json::from_str(&f).unwrap()),
+                Outgoing::Replay(_) => None,
+            })
+            .collect()
+    }
+
+    fn commit(b: &mut Broker, result: Result<(), StoreError>) -> Vec<u64> {
+        let Some(ToWriter::Batch(batch)) = b.take_write() else { panic!("a batch") };
+        let offsets = batch.items.iter().map(|p| p.offset).collect();
+        b.on_writer(FromWriter::Done { batches: vec![batch], result: result.map_err(Arc::new), records: 0 });
+        offsets
+    }
+
+    #[test]
+    fn a_publish_is_fanned_out_and_acked_only_after_its_commit() {
+        let mut b = broker();
+        let sub = open(&mut b, 1);
+        let frame = SubscribeFrame { topic: TopicName::new("t").unwrap(), history: Some(0), since: None, epoch: None };
+        b.handle(Command::Subscribe { conn: 1, frame, reference: None });
+        let mut q = VecDeque::new();
+        sub.try_drain(&mut q);
+        let pubr = open(&mut b, 2);
+        publish(&mut b, "t", None, pubr.clone());
+        assert!(frames(&sub).is_empty() && frames(&pubr).is_empty(), "nothing before the commit");
+        assert_eq!(commit(&mut b, Ok(())), [1]);
+        let got = frames(&sub);
+        assert_eq!((got.len(), got[0]["offset"].as_u64()), (1, Some(1)));
+        let ack = frames(&pubr);
+        assert_eq!((ack[0]["type"].as_str(), ack[0]["delivered"].as_u64()), (Some("ack"), Some(1)));
+    }
+
+    #[test]
+    fn a_failed_commit_rewinds_offsets_so_none_is_skipped_or_reused() {
+        let mut b = broker();
+        let p = open(&mut b, 1);
+        publish(&mut b, "t", None, p.clone());
+        assert_eq!(commit(&mut b, Ok(())), [1]);
+        publish(&mut b, "t", Some("a"), p.clone());
+        publish(&mut b, "t", None, p.clone());
+        let Some(ToWriter::Batch(failed)) = b.take_write() else { panic!() };
+        publish(&mut b, "t", None, p.clone());
+        let Some(ToWriter::Batch(also_refused)) = b.take_write() else { panic!() };
+        b.on_writer(FromWriter::Done {
+            batches: vec![failed],
+            result: Err(Arc::new(StoreError::Full("disk".into()))),
+            records: 0,
+        });
+        b.on_writer(FromWriter::Done {
+            batches: vec![also_refused],
+            result: Err(Arc::new(StoreError::Halted)),
+            records: 0,
+        });
+        assert!(matches!(b.take_write(), Some(ToWriter::Resume)), "the writer is told to resume once");
+        assert!(b.take_write().is_none());
+        let errors = frames(&p);
+        assert!(errors.iter().skip(1).all(|f| f["code"] == "unavailable"), "{errors:?}");
+        b.on_writer(FromWriter::Resumed);
+        publish(&mut b, "t", Some("a"), p.clone());
+        assert_eq!(commit(&mut b, Ok(())), [2], "the refused id is not a duplicate and offset 2 is handed out again");
+    }
+
+    #[test]
+    fn a_duplicate_id_is_acked_in_order_without_a_second_delivery() {
+        let mut b = broker();
+        let p = open(&mut b, 1);
+        publish(&mut b, "t", Some("same"), p.clone());
+        publish(&mut b, "t", Some("same"), p.clone());
+        let Some(ToWriter::Batch(batch)) = b.take_write() else { panic!() };
+        assert_eq!(batch.items.iter().filter(|i| i.record().is_some()).count(), 1);
+        b.on_writer(FromWriter::Done { batches: vec![batch], result: Ok(()), records: 1 });
+        let acks = frames(&p);
+        assert_eq!(acks.len(), 2);
+        assert_eq!((acks[1]["offset"].as_u64(), acks[1]["duplicate"].as_bool()), (Some(1), Some(true)));
+    }
+
+    #[test]
+    fn a_full_outbox_closes_only_that_subscriber() {
+        let mut b = broker();
+        let slow = Arc::new(Outbox::new(64));
+        b.handle(Command::Open { conn: 1, outbox: slow.clone() });
+        let fast = open(&mut b, 2);
+        for conn in [1, 2] {
+            let frame =
+                SubscribeFrame { topic: TopicName::new("t").unwrap(), history: Some(0), since: None, epoch: None };
+            b.handle(Command::Subscribe { conn, frame, reference: None });
+        }
+        let p = open(&mut b, 3);
+        for _ in 0..5 {
+            publish(&mut b, "t", None, p.clone());
+        }
+        commit(&mut b, Ok(()));
+        let mut q = VecDeque::new();
+        assert_eq!(slow.try_drain(&mut q), OutboxState::SlowConsumer);
+        let mut all = VecDeque::new();
+        fast.try_drain(&mut all);
+        assert_eq!(all.len(), 6, "the subscribed reply and five messages");
+    }
+}
