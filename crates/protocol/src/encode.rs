@@ -73,6 +73,20 @@ impl MessageDraft {
     }
 }
 
+/// The offset of an encoded `message` frame (always its last field), without parsing it.
+pub fn frame_offset(frame: &str) -> Option<u64> {
+    let (_, tail) = frame.rsplit_once("\"offset\":")?;
+    tail.trim_end_matches('}').parse().ok()
+}
+
+/// Whether an encoded `message` frame belongs to `topic`, without parsing it.
+pub fn frame_is_on(frame: &str, topic: &TopicName) -> bool {
+    frame
+        .strip_prefix(r#"{"type":"message","topic":""#)
+        .and_then(|rest| rest.strip_prefix(topic.as_str()))
+        .is_some_and(|rest| rest.starts_with('"'))
+}
+
 /// The replayed form of a stored `message` frame: the same object with `"replay":true`.
 pub fn replay_frame(stored: &str) -> String {
     let body = stored.strip_suffix('}').unwrap_or(stored);
@@ -176,6 +190,16 @@ mod tests {
         assert_eq!(m.replay, None);
         let replay: Message = serde_json::from_str(&replay_frame(&draft.finish(0))).expect("replay json");
         assert_eq!((replay.offset, replay.replay), (0, Some(true)));
+    }
+
+    #[test]
+    fn offsets_and_topics_are_read_from_encoded_frames() {
+        let t = TopicName::new("@a").expect("topic");
+        let frame = r#"{"type":"message","topic":"@a","content":{"offset":1},"offset":42}"#;
+        assert_eq!(frame_offset(frame), Some(42));
+        assert!(frame_is_on(frame, &t));
+        assert!(!frame_is_on(r#"{"type":"message","topic":"@ab","offset":1}"#, &t));
+        assert_eq!(frame_offset(r#"{"type":"ack"}"#), None);
     }
 
     #[test]

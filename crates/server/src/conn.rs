@@ -8,9 +8,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use agentbus_protocol::{AgentId, ClientFrame, ErrorCode, Ref, ServerFrame, error_frame, history_frame};
+use agentbus_protocol::{
+    AgentId, ClientFrame, ErrorCode, Ref, ServerFrame, TopicName, error_frame, frame_is_on, frame_offset, history_frame,
+};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -28,6 +30,23 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// Frames read in one go, when already buffered, before the outbox is drained.
 const READ_BURST: usize = 64;
+
+/// Longest a single socket write may wait for the client to read. A client that reads
+/// nothing for this long is gone or stalled: the connection is dropped, so a dead peer
+/// never pins a task and its buffers.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Bounds a socket operation by [`WRITE_STALL`].
+async fn bounded<T>(
+    op: impl std::future::Future<Output = Result<T, tungstenite::Error>>,
+) -> Result<T, tungstenite::Error> {
+    match tokio::time::timeout(WRITE_STALL, op).await {
+        Ok(result) => result,
+        Err(_) => {
+            Err(tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")))
+        }
+    }
+}
 
 /// Tells the broker the connection is gone, however the task ends.
 pub(crate) struct CloseGuard {
@@ -59,6 +78,8 @@ struct Connection<S> {
     conn: ConnId,
     outbox: Arc<Outbox>,
     agent: Option<AgentId>,
+    /// The registered agent's inbox, whose delivery is reported to the broker.
+    inbox: Option<TopicName>,
     last_seen: Instant,
 }
 
@@ -74,7 +95,7 @@ where
     }
     let _guard = CloseGuard { conn, broker: shared.broker.clone() };
     let _alive = shared.tasks.clone();
-    let mut c = Connection { ws, shared, conn, outbox, agent: None, last_seen: Instant::now() };
+    let mut c = Connection { ws, shared, conn, outbox, agent: None, inbox: None, last_seen: Instant::now() };
     match c.serve().await {
         Ok(()) => tracing::debug!(conn, "connection closed"),
         Err(e) => tracing::debug!(conn, error = %e, "connection ended"),
@@ -115,7 +136,7 @@ where
                         let agent = self.agent.as_ref().map_or("-", |a| a.as_str());
                         tracing::warn!(conn = self.conn, agent, "closing slow consumer");
                         let msg = "you fell behind by more than the outbox limit; resubscribe with `since` to resume";
-                        self.ws.feed(Message::Text(error_frame(ErrorCode::SlowConsumer, msg, None).into())).await?;
+                        bounded(self.ws.feed(Message::Text(error_frame(ErrorCode::SlowConsumer, msg, None).into()))).await?;
                         return self.close(CLOSE_SLOW_CONSUMER, "slow consumer").await;
                     }
                     OutboxState::Closed => return self.close(1001, "server shutting down").await,
@@ -124,7 +145,7 @@ where
                     if self.last_seen.elapsed() > interval * 3 {
                         return self.close(1001, "idle timeout").await;
                     }
-                    self.ws.send(Message::Ping(Default::default())).await?;
+                    bounded(self.ws.send(Message::Ping(Default::default()))).await?;
                 }
                 _ = shutdown.changed() => {
                     if self.outbox.try_drain(&mut batch) == OutboxState::Open {
@@ -138,20 +159,32 @@ where
 
     async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), tungstenite::Error> {
         let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
-        self.ws.send(Message::Close(Some(frame))).await
+        bounded(self.ws.send(Message::Close(Some(frame)))).await
     }
 
     async fn write_batch(&mut self, batch: &mut VecDeque<Outgoing>) -> Result<(), tungstenite::Error> {
+        let mut inbox_written = 0;
         while let Some(item) = batch.pop_front() {
             match item {
-                Outgoing::Frame(f) => self.ws.feed(Message::Text(f)).await?,
+                Outgoing::Frame(f) => {
+                    if let Some(inbox) = &self.inbox
+                        && frame_is_on(&f, inbox)
+                    {
+                        inbox_written = frame_offset(&f).unwrap_or(0).max(inbox_written);
+                    }
+                    bounded(self.ws.feed(Message::Text(f))).await?
+                }
                 Outgoing::Replay(r) => {
+                    let is_inbox = self.inbox.as_ref() == Some(&r.topic);
                     let mut cursor = ReplayCursor::new(*r);
                     loop {
                         match cursor.next_page(&self.shared.store).await {
                             Ok(Some(page)) => {
                                 for f in page {
-                                    self.ws.feed(Message::Text(f.frame)).await?;
+                                    if is_inbox {
+                                        inbox_written = f.offset.unwrap_or(0).max(inbox_written);
+                                    }
+                                    bounded(self.ws.feed(Message::Text(f.frame))).await?;
                                 }
                             }
                             Ok(None) => break,
@@ -159,7 +192,7 @@ where
                                 tracing::error!(conn = self.conn, error = %e, "replay failed");
                                 let frame =
                                     error_frame(ErrorCode::Internal, "replay failed (see the server log)", None);
-                                self.ws.feed(Message::Text(frame.into())).await?;
+                                bounded(self.ws.feed(Message::Text(frame.into()))).await?;
                                 break;
                             }
                         }
@@ -167,7 +200,16 @@ where
                 }
             }
         }
-        self.ws.flush().await
+        bounded(self.ws.flush()).await?;
+        if inbox_written > 0
+            && let Some(agent) = &self.agent
+        {
+            // Best effort: if the broker is busy the messages are offered again at the
+            // next registration (at-least-once for direct messages).
+            let _ =
+                self.shared.broker.try_send(Command::InboxDelivered { agent: agent.clone(), offset: inbox_written });
+        }
+        Ok(())
     }
 
     async fn on_incoming(&mut self, msg: Result<Message, tungstenite::Error>) -> Result<Flow, tungstenite::Error> {
@@ -190,7 +232,7 @@ where
             Err(tungstenite::Error::Capacity(e)) => {
                 let max = self.shared.config.limits.max_message_bytes;
                 let msg = format!("frame too large ({e}); at most {max} bytes are allowed");
-                self.ws.feed(Message::Text(error_frame(ErrorCode::TooLarge, &msg, None).into())).await?;
+                bounded(self.ws.feed(Message::Text(error_frame(ErrorCode::TooLarge, &msg, None).into()))).await?;
                 self.close(1009, "frame too large").await?;
                 Ok(Flow::Stop)
             }
@@ -225,6 +267,7 @@ where
                     let msg = format!("this connection is already registered as {existing:?}");
                     return self.reply_error(ErrorCode::InvalidField, &msg, reference.as_ref());
                 }
+                self.inbox = Some(TopicName::inbox(&frame.agent_id));
                 self.agent = Some(frame.agent_id.clone());
                 Command::Register { conn, frame, reference }
             }

@@ -135,6 +135,14 @@ pub enum Command {
     },
     /// `send` or HTTP publish.
     Publish(Box<Publish>),
+    /// A connection of `agent` wrote its inbox messages up to `offset` to the socket:
+    /// they are not handed over again when the agent next registers.
+    InboxDelivered {
+        /// The agent.
+        agent: AgentId,
+        /// The last inbox offset written.
+        offset: u64,
+    },
     /// Agents online (optionally only those following `topic`).
     Presence {
         /// The filter.
@@ -281,6 +289,7 @@ impl Broker {
             Command::Subscribe { conn, frame, reference } => self.subscribe(conn, frame, reference),
             Command::Unsubscribe { conn, topic, reference } => self.unsubscribe(conn, topic, reference),
             Command::Publish(p) => self.publish(*p),
+            Command::InboxDelivered { agent, offset } => self.set_cursor(agent.as_str(), offset),
             Command::Presence { topic, reply } => {
                 let agents = self.presence(topic.as_ref());
                 match reply {
@@ -543,12 +552,6 @@ impl Broker {
             "Sent message on topic '{}' to {delivered}/{subscribers} subscribers",
             p.topic
         );
-        if delivered > 0
-            && let Some(agent) = p.topic.inbox_owner()
-        {
-            let agent = agent.to_owned();
-            self.set_cursor(&agent, p.offset);
-        }
         let ack = Ack { id: p.id, topic: p.topic, offset: p.offset, delivered, duplicate: false };
         send_ack(p.origin, Ok(ack));
     }

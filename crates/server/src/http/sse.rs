@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentbus_protocol::{ErrorCode, SubscribeFrame, error_frame};
+use agentbus_protocol::{ErrorCode, SubscribeFrame, error_frame, frame_offset};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
@@ -33,12 +33,6 @@ struct Stream {
     replay: Option<ReplayCursor>,
     done: bool,
     _guard: CloseGuard,
-}
-
-/// The offset of a live `message` frame: it is always the last field.
-fn frame_offset(frame: &str) -> Option<u64> {
-    let (_, tail) = frame.rsplit_once("\"offset\":")?;
-    tail.trim_end_matches('}').parse().ok()
 }
 
 fn message_event(frame: &str, offset: Option<u64>) -> Event {
@@ -144,14 +138,5 @@ impl Stream {
     fn fail(&mut self, code: ErrorCode, message: &str) {
         self.events.push_back(Event::default().event("error").data(error_frame(code, message, None)));
         self.done = true;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn offsets_are_read_from_the_end_of_a_frame() {
-        assert_eq!(super::frame_offset(r#"{"content":{"offset":1},"offset":42}"#), Some(42));
-        assert_eq!(super::frame_offset(r#"{"type":"ack"}"#), None);
     }
 }
