@@ -109,7 +109,10 @@ pub fn init_logging(log: &agentbus_server::config::LogConfig) -> anyhow::Result<
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
-        LogFormat::Text => builder.with_ansi(log.file.is_none()).init(),
+        LogFormat::Text => {
+            let ansi = log.file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init()
+        }
         LogFormat::Json => builder.json().init(),
     }
     Ok(())

@@ -130,8 +130,6 @@ pub struct Limits {
     pub max_subscriptions_per_connection: usize,
     /// Largest page returned by history, search and replay-on-subscribe.
     pub max_page: u64,
-    /// Seconds allowed for the WebSocket handshake.
-    pub handshake_timeout_secs: u64,
     /// Seconds between server pings on a quiet connection.
     pub ping_interval_secs: u64,
 }
@@ -143,7 +141,6 @@ impl Default for Limits {
             outbox_bytes: 4 * 1024 * 1024,
             max_subscriptions_per_connection: 1000,
             max_page: 1000,
-            handshake_timeout_secs: 10,
             ping_interval_secs: 30,
         }
     }

@@ -227,7 +227,11 @@ where
                 );
                 Ok(Flow::Continue)
             }
-            Ok(Message::Close(_)) => Ok(Flow::Stop),
+            Ok(Message::Close(_)) => {
+                // tungstenite queued the closing reply; send it to complete the handshake.
+                let _ = bounded(self.ws.flush()).await;
+                Ok(Flow::Stop)
+            }
             Ok(_) => Ok(Flow::Continue),
             Err(tungstenite::Error::Capacity(e)) => {
                 let max = self.shared.config.limits.max_message_bytes;

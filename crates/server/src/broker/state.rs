@@ -384,8 +384,8 @@ impl Broker {
         if committed > cursor {
             let replay =
                 Replay { topic: inbox.clone(), after: cursor, upto: committed, newest: None, subscribed: None };
+            // The cursor advances when the connection reports these written.
             let _ = outbox.push(Outgoing::Replay(Box::new(replay)));
-            self.set_cursor(agent_id.as_str(), committed);
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.topics.insert(inbox);

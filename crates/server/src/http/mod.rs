@@ -36,6 +36,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/v1/agents", get(api::agents))
         .route("/v1/search", get(api::search))
         .fallback(|| async { ApiError::new(agentbus_protocol::ErrorCode::NotFound, "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(shared.config.limits.max_message_bytes))
         .with_state(shared)
 }
 
