@@ -133,6 +133,7 @@ where
                 state = self.outbox.drain(&mut batch) => match state {
                     OutboxState::Open => self.write_batch(&mut batch).await?,
                     OutboxState::SlowConsumer => {
+                        self.shared.metrics.reject(ErrorCode::SlowConsumer);
                         let agent = self.agent.as_ref().map_or("-", |a| a.as_str());
                         tracing::warn!(conn = self.conn, agent, "closing slow consumer");
                         let msg = "you fell behind by more than the outbox limit; resubscribe with `since` to resume";
@@ -164,6 +165,7 @@ where
 
     async fn write_batch(&mut self, batch: &mut VecDeque<Outgoing>) -> Result<(), tungstenite::Error> {
         let mut inbox_written = 0;
+        let mut bytes = 0;
         while let Some(item) = batch.pop_front() {
             match item {
                 Outgoing::Frame(f) => {
@@ -172,11 +174,12 @@ where
                     {
                         inbox_written = frame_offset(&f).unwrap_or(0).max(inbox_written);
                     }
+                    bytes += f.len();
                     bounded(self.ws.feed(Message::Text(f))).await?
                 }
                 Outgoing::Replay(r) => {
                     let is_inbox = self.inbox.as_ref() == Some(&r.topic);
-                    let mut cursor = ReplayCursor::new(*r);
+                    let mut cursor = ReplayCursor::new(*r, self.shared.metrics.clone());
                     loop {
                         match cursor.next_page(&self.shared.store).await {
                             Ok(Some(page)) => {
@@ -184,6 +187,7 @@ where
                                     if is_inbox {
                                         inbox_written = f.offset.unwrap_or(0).max(inbox_written);
                                     }
+                                    bytes += f.frame.len();
                                     bounded(self.ws.feed(Message::Text(f.frame))).await?;
                                 }
                             }
@@ -201,6 +205,7 @@ where
             }
         }
         bounded(self.ws.flush()).await?;
+        self.shared.metrics.bytes_out.inc_by(bytes as u64);
         if inbox_written > 0
             && let Some(agent) = &self.agent
         {
@@ -216,6 +221,7 @@ where
         self.last_seen = Instant::now();
         match msg {
             Ok(Message::Text(text)) => {
+                self.shared.metrics.bytes_in.inc_by(text.len() as u64);
                 self.on_text(&text).await;
                 Ok(Flow::Continue)
             }
@@ -236,6 +242,7 @@ where
             Err(tungstenite::Error::Capacity(e)) => {
                 let max = self.shared.config.limits.max_message_bytes;
                 let msg = format!("frame too large ({e}); at most {max} bytes are allowed");
+                self.shared.metrics.reject(ErrorCode::TooLarge);
                 bounded(self.ws.feed(Message::Text(error_frame(ErrorCode::TooLarge, &msg, None).into()))).await?;
                 self.close(1009, "frame too large").await?;
                 Ok(Flow::Stop)
@@ -254,6 +261,7 @@ where
     }
 
     fn reply_error(&self, code: ErrorCode, message: &str, reference: Option<&Ref>) {
+        self.shared.metrics.reject(code);
         let _ = self.outbox.push_frame(error_frame(code, message, reference));
     }
 

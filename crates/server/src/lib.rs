@@ -9,6 +9,7 @@ pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod metrics;
 pub mod outbox;
 pub mod replay;
 pub mod shared;
@@ -101,7 +102,8 @@ pub async fn serve_with_store(
         max_subscriptions: config.limits.max_subscriptions_per_connection,
         max_waiters: 10_000,
     };
-    let broker = Broker::new(options, topics, ids, cursors);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let broker = Broker::new(options, topics, ids, cursors, metrics.clone());
 
     let (writer_tx, writer_rx) = mpsc::channel(writer::WRITER_QUEUE);
     let (done_tx, done_rx) = mpsc::channel(writer::WRITER_QUEUE);
@@ -129,7 +131,7 @@ pub async fn serve_with_store(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
-    let shared = Arc::new(Shared::new(handle, store, config, boot_epoch, shutdown_rx.clone(), tasks_tx));
+    let shared = Arc::new(Shared::new(handle, store, config, boot_epoch, shutdown_rx.clone(), tasks_tx, metrics));
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(true);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use agentbus_protocol::{ServerFrame, replay_frame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::metrics::Metrics;
 use crate::outbox::Replay;
 use crate::store::{Store, StoreError, Stored};
 
@@ -24,6 +25,7 @@ pub struct ReplayFrame {
 /// A replay in progress.
 pub struct ReplayCursor {
     replay: Replay,
+    metrics: Arc<Metrics>,
     after: u64,
     started: bool,
     done: bool,
@@ -31,9 +33,9 @@ pub struct ReplayCursor {
 
 impl ReplayCursor {
     /// Starts performing `replay`.
-    pub fn new(replay: Replay) -> Self {
+    pub fn new(replay: Replay, metrics: Arc<Metrics>) -> Self {
         let after = replay.after;
-        Self { replay, after, started: false, done: false }
+        Self { replay, metrics, after, started: false, done: false }
     }
 
     /// The next page of frames, or `None` when the replay is complete.
@@ -61,6 +63,9 @@ impl ReplayCursor {
                 let recovered = sub
                     .recovery
                     .then(|| !sub.reset && (upto <= after || page.first().is_some_and(|m| m.offset == after + 1)));
+                if let Some(complete) = recovered {
+                    self.metrics.recovery(complete);
+                }
                 let frame = ServerFrame::Subscribed {
                     topic: self.replay.topic.to_string(),
                     offset: upto,

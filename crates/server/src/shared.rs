@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use agentbus_protocol::{AgentId, ErrorCode, FrameError, MessageDraft, ParseLimits, SendFrame};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::{BrokerHandle, Origin, Publish};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Shared server state, behind an `Arc`.
@@ -28,6 +29,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Held by every connection task; the server waits until all are dropped.
     pub tasks: mpsc::Sender<()>,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     next_message: AtomicU64,
 }
@@ -41,6 +44,7 @@ impl Shared {
         boot_epoch: String,
         shutdown: watch::Receiver<bool>,
         tasks: mpsc::Sender<()>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let parse_limits = ParseLimits { max_page: config.limits.max_page, ..ParseLimits::default() };
         Self {
@@ -51,6 +55,7 @@ impl Shared {
             boot_epoch,
             shutdown,
             tasks,
+            metrics,
             next_conn: AtomicU64::new(1),
             next_message: AtomicU64::new(1),
         }
@@ -95,7 +100,8 @@ impl Shared {
         let timestamp = humantime::format_rfc3339_millis(now).to_string();
         let topic = send.destination();
         let draft = MessageDraft::new(&topic, &id, &timestamp, from_agent, send);
-        Ok(Publish { topic, id, client_id, from_agent: from_agent.to_owned(), timestamp_ms, draft, origin })
+        let received = Instant::now();
+        Ok(Publish { topic, id, client_id, from_agent: from_agent.to_owned(), timestamp_ms, received, draft, origin })
     }
 }
 

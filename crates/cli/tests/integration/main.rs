@@ -7,6 +7,7 @@ mod durability;
 mod errors;
 mod http;
 mod lifecycle;
+mod observability;
 mod ws;
 
 use std::time::Duration;

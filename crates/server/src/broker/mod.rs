@@ -10,5 +10,5 @@
 mod state;
 pub mod task;
 
-pub use state::{Ack, Broker, BrokerOptions, Command, ConnId, Origin, Pending, Publish, Reply};
+pub use state::{Ack, Broker, BrokerOptions, Command, ConnId, Origin, Pending, Publish, Reply, Stats};
 pub use task::BrokerHandle;

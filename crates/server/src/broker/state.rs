@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use agentbus_protocol::{
     AgentId, AgentPresence, ErrorCode, FrameError, MessageDraft, Ref, RegisterFrame, ServerFrame, SubscribeFrame,
@@ -11,6 +11,7 @@ use agentbus_protocol::{
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing, PushError, Replay, SubscribedReply};
 use crate::store::writer::{FromWriter, ToWriter, Writable, WriteBatch};
 use crate::store::{Cursor, KnownId, Record, StoreError, TopicState};
@@ -54,6 +55,7 @@ pub struct Pending {
     client_id: bool,
     duplicate: bool,
     timestamp_ms: i64,
+    received: Instant,
     from_agent: String,
     frame: Utf8Bytes,
     origin: Origin,
@@ -86,6 +88,8 @@ pub struct Publish {
     pub from_agent: String,
     /// Receive time, milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// Receive instant, for latency metrics.
+    pub received: Instant,
     /// The encoded message, lacking its offset.
     pub draft: MessageDraft,
     /// Where the ack goes.
@@ -143,6 +147,11 @@ pub enum Command {
         /// The last inbox offset written.
         offset: u64,
     },
+    /// Counts for the metrics gauges.
+    Stats {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Stats>,
+    },
     /// Agents online (optionally only those following `topic`).
     Presence {
         /// The filter.
@@ -165,6 +174,19 @@ pub enum Command {
         /// Fired with the last committed offset.
         reply: oneshot::Sender<u64>,
     },
+}
+
+/// The broker's counts, for the metrics gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Open connections and SSE streams.
+    pub connections: usize,
+    /// Agents online.
+    pub agents: usize,
+    /// Known topics.
+    pub topics: usize,
+    /// Live subscriptions.
+    pub subscriptions: usize,
 }
 
 /// Settings of the broker.
@@ -228,6 +250,7 @@ pub struct Broker {
     resume_needed: bool,
     /// Failures still arriving from before the rewind must not rewind again.
     awaiting_resume: bool,
+    metrics: Arc<Metrics>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -236,7 +259,13 @@ fn rfc3339(t: SystemTime) -> String {
 
 impl Broker {
     /// A broker that continues the history the store holds.
-    pub fn new(options: BrokerOptions, topics: Vec<TopicState>, ids: Vec<KnownId>, cursors: Vec<Cursor>) -> Self {
+    pub fn new(
+        options: BrokerOptions,
+        topics: Vec<TopicState>,
+        ids: Vec<KnownId>,
+        cursors: Vec<Cursor>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let boot_epoch: Arc<str> = Arc::from(options.boot_epoch.as_str());
         let mut broker = Self {
             boot_epoch,
@@ -250,6 +279,7 @@ impl Broker {
             to_write: Vec::new(),
             resume_needed: false,
             awaiting_resume: false,
+            metrics,
             options,
         };
         for t in topics {
@@ -300,6 +330,15 @@ impl Broker {
                         let _ = tx.send(agents);
                     }
                 }
+            }
+            Command::Stats { reply } => {
+                let stats = Stats {
+                    connections: self.conns.len(),
+                    agents: self.agents.len(),
+                    topics: self.topics.len(),
+                    subscriptions: self.conns.values().map(|c| c.topics.len()).sum(),
+                };
+                let _ = reply.send(stats);
             }
             Command::Topics { reply } => {
                 let _ = reply.send(self.topic_infos());
@@ -468,6 +507,7 @@ impl Broker {
                 client_id: true,
                 duplicate: true,
                 timestamp_ms: p.timestamp_ms,
+                received: p.received,
                 from_agent: p.from_agent,
                 frame: Utf8Bytes::from_static(""),
                 origin: p.origin,
@@ -490,6 +530,7 @@ impl Broker {
             client_id: p.client_id,
             duplicate: false,
             timestamp_ms: p.timestamp_ms,
+            received: p.received,
             from_agent: p.from_agent,
             frame,
             origin: p.origin,
@@ -513,7 +554,10 @@ impl Broker {
     pub fn on_writer(&mut self, msg: FromWriter<Pending>) {
         match msg {
             FromWriter::Resumed => self.awaiting_resume = false,
-            FromWriter::Done { batches, result: Ok(()), .. } => {
+            FromWriter::Done { batches, result: Ok(()), records } => {
+                if records > 0 {
+                    self.metrics.commit_batch.observe(records as f64);
+                }
                 for batch in batches {
                     for p in batch.items {
                         self.committed(p);
@@ -525,11 +569,14 @@ impl Broker {
     }
 
     fn committed(&mut self, p: Pending) {
+        self.metrics.acks.inc();
         if p.duplicate {
+            self.metrics.duplicates.inc();
             let ack = Ack { id: p.id, topic: p.topic, offset: p.offset, delivered: 0, duplicate: true };
             send_ack(p.origin, Ok(ack));
             return;
         }
+        Metrics::observe(&self.metrics.ack_latency, p.received.elapsed());
         let Some(t) = self.topics.get_mut(&p.topic) else { return };
         t.committed = p.offset;
         let mut delivered = 0;
@@ -537,12 +584,16 @@ impl Broker {
             match outbox.push(Outgoing::Frame(p.frame.clone())) {
                 Ok(()) => delivered += 1,
                 Err(PushError::Overflow) => {
+                    self.metrics.slow_consumers.inc();
                     tracing::warn!(conn, topic = %p.topic, "slow consumer: connection {conn} fell behind and is closed");
                 }
                 Err(PushError::Gone) => {}
             }
         }
         let subscribers = t.subscribers.len();
+        self.metrics.published.inc();
+        self.metrics.delivered.inc_by(delivered as u64);
+        Metrics::observe(&self.metrics.delivery_latency, p.received.elapsed());
         for w in t.waiters.drain(..) {
             let _ = w.send(p.offset);
         }
@@ -670,7 +721,7 @@ mod tests {
             max_subscriptions: 10,
             max_waiters: 10,
         };
-        Broker::new(options, Vec::new(), Vec::new(), Vec::new())
+        Broker::new(options, Vec::new(), Vec::new(), Vec::new(), Arc::new(Metrics::new()))
     }
 
     fn open(b: &mut Broker, conn: ConnId) -> Arc<Outbox> {
@@ -696,6 +747,7 @@ mod tests {
             client_id: send.id.is_some(),
             from_agent: "me".into(),
             timestamp_ms: 0,
+            received: Instant::now(),
             draft,
             origin: Reply::Outbox(origin, None),
         })));

@@ -66,6 +66,19 @@ pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// `GET /metrics`: Prometheus / OpenMetrics text.
+pub(super) async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let stats = ask(&shared, Command::Stats { reply: tx }, rx).await?;
+    let m = &shared.metrics;
+    m.connections.set(stats.connections as i64);
+    m.agents_online.set(stats.agents as i64);
+    m.topics.set(stats.topics as i64);
+    m.subscriptions.set(stats.subscriptions as i64);
+    let headers = [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")];
+    Ok((headers, m.render()).into_response())
+}
+
 /// `POST /v1/topics/{topic}/messages`: publish; answers with the ack once stored.
 pub(super) async fn publish(
     State(shared): State<Arc<Shared>>,

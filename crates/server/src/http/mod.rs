@@ -30,6 +30,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/ui", get(ui))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
         .route("/v1/topics", get(api::topics))
         .route("/v1/topics/{topic}/messages", get(api::history).post(api::publish))
         .route("/v1/topics/{topic}/events", get(sse::events))

@@ -117,7 +117,9 @@ impl Stream {
                         // Only messages travel on a stream; its outbox gets nothing else.
                         self.events.push_back(message_event(&f, frame_offset(&f)));
                     }
-                    Outgoing::Replay(r) => self.replay = Some(ReplayCursor::new(*r)),
+                    Outgoing::Replay(r) => {
+                        self.replay = Some(ReplayCursor::new(*r, self.shared.metrics.clone()));
+                    }
                 }
                 continue;
             }
