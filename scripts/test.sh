@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # Runs the whole agentbus test suite, installing first what the tests need:
-# Python's `websockets` (the original system's clients are driven with it).
+# Python's `websockets` (the original system's clients are driven with it), and Debian's
+# Chromium with its WebDriver (the admin page is tested in a real browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+packages=()
+[ -x /usr/bin/chromium ] || packages+=(chromium)
+[ -x /usr/bin/chromedriver ] || packages+=(chromium-driver)
+if [ ${#packages[@]} -gt 0 ]; then
+  log "installing ${packages[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
 
 if ! python3 -c 'import websockets' 2>/dev/null; then
   log "installing Python's websockets"

@@ -8,6 +8,7 @@ mod errors;
 mod http;
 mod lifecycle;
 mod observability;
+mod ui;
 mod ws;
 
 use std::time::Duration;
