@@ -10,6 +10,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+use crate::pidfile;
+
 /// Flags of `agentbus serve` (each also an `AGENTBUS_*` variable). Flags win over
 /// variables, variables over the config file, the file over the defaults.
 #[derive(Args, Debug, Clone)]
@@ -145,21 +147,30 @@ async fn shutdown_signal() {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args)?;
     init_logging(&config.log)?;
+    let _lock = pidfile::lock(&config.data)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
         let store = match agentbus_server::open_store(&config) {
             Ok(store) => store,
             Err(e) => anyhow::bail!("{e}"),
         };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let pid = std::process::id();
+        let started_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let info = pidfile::PidInfo { pid, listen: addr.to_string(), started_ms, log: config.log.file.clone() };
+        pidfile::write(&config.data, &info)?;
         let where_ = if config.ephemeral { "memory (ephemeral)".to_owned() } else { config.data.display().to_string() };
-        tracing::info!(%addr, store = %where_, "agentbus {} listening on ws://{addr}", env!("CARGO_PKG_VERSION"));
+        tracing::info!(%addr, store = %where_, pid, "agentbus {} listening on ws://{addr}", env!("CARGO_PKG_VERSION"));
         println!("agentbus listening on {addr}");
-        agentbus_server::serve_with_store(config, listener, store, shutdown_signal()).await?;
+        let data = config.data.clone();
+        let served = agentbus_server::serve_with_store(config, listener, store, shutdown_signal()).await;
+        pidfile::remove(&data, pid);
+        served?;
         Ok(ExitCode::SUCCESS)
     })
 }

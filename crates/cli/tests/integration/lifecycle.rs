@@ -59,3 +59,53 @@ async fn environment_variables_override_the_config_file() {
     assert!(server.log().contains("memory (ephemeral)"), "{}", server.log());
     assert!(!server.data_dir().join("agentbus.db").exists());
 }
+
+async fn agentbus(args: &[&str], data: &std::path::Path) -> (i32, String, String) {
+    let out = tokio::process::Command::new(agentbus_testkit::agentbus_bin())
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn start_status_stop_status_runs_the_server_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (code, out, err) = agentbus(&["start", "--listen", "127.0.0.1:0"], &data).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let pid: u32 = out.split("PID: ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+    let url = out.lines().find_map(|l| l.trim().strip_prefix("URL: ")).unwrap().to_owned();
+    assert!(url.starts_with("ws://127.0.0.1:"), "{out}");
+    let log = data.join("agentbus.log");
+    assert!(out.contains(&format!("Log: {}", log.display())), "{out}");
+
+    let mut c = agentbus_testkit::WsClient::connect(&url).await;
+    c.register("background-user").await;
+    let (code, out, _) = agentbus(&["status"], &data).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("running") && out.contains(&format!("PID: {pid}")) && out.contains(&url), "{out}");
+    assert!(out.contains("Connections: 1") && out.contains("Uptime: "), "{out}");
+
+    let (code, _, err) = agentbus(&["start", "--listen", "127.0.0.1:0"], &data).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("already running"), "{err}");
+    let (code, _, err) = agentbus(&["serve", "--listen", "127.0.0.1:0"], &data).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("already using the data folder"), "{err}");
+
+    let (code, out, err) = agentbus(&["stop"], &data).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("stopped"), "{out}");
+    assert_eq!(c.closed().await, Some(1001));
+    assert!(!data.join("agentbus.pid").exists());
+    let (code, out, _) = agentbus(&["status"], &data).await;
+    assert_eq!((code, out.trim()), (3, "agentbus is stopped"));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("Agent 'background-user' connected") && logged.contains("shut down"), "{logged}");
+}
