@@ -25,6 +25,52 @@ pub struct Config {
     pub limits: Limits,
     /// Logging (applied by the `agentbus` binary).
     pub log: LogConfig,
+    /// Authentication and permissions.
+    pub auth: AuthConfig,
+    /// TLS: with this section the same port serves `wss://` and `https://` only.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Who may connect, and what each agent may publish and read.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a key or token for everything but health, metrics and the admin page's
+    /// static file. Off by default: anyone may connect, as in the original system.
+    pub required: bool,
+    /// Accept HS256 JWTs signed with this secret (claims: `sub` = agent id, `exp`,
+    /// `pub` = publish patterns, `subs` = subscribe patterns).
+    pub jwt_secret: Option<String>,
+    /// Agents and their keys.
+    pub agents: Vec<AgentAuth>,
+}
+
+/// One agent's credentials and permissions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAuth {
+    /// The agent id this key speaks for.
+    pub id: String,
+    /// The key itself (prefer `key_sha256` so the file holds no secret).
+    pub key: Option<String>,
+    /// Hex SHA-256 of the key (`agentbus key` prints it).
+    pub key_sha256: Option<String>,
+    /// Topic patterns it may publish to (`*` matches any run of characters).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Topic patterns it may subscribe to and read (its own inbox is always allowed).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+/// TLS certificate and key, PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
 }
 
 /// Logging settings; flags and `AGENTBUS_LOG_*` variables override them.
@@ -49,6 +95,8 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             limits: Limits::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -126,6 +174,13 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Bytes queued for one connection before it is a slow consumer and is closed.
     pub outbox_bytes: usize,
+    /// Sends per second allowed per connection (token bucket, burst of one second's
+    /// worth); excess sends get `rate_limited`. 0 = no limit.
+    pub messages_per_second: u32,
+    /// Open connections (HTTP and WebSocket) beyond which new ones are dropped.
+    pub max_connections: usize,
+    /// Seconds allowed for the TLS handshake and for the HTTP request head.
+    pub handshake_timeout_secs: u64,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
     /// Largest page returned by history, search and replay-on-subscribe.
@@ -139,6 +194,9 @@ impl Default for Limits {
         Self {
             max_message_bytes: 1024 * 1024,
             outbox_bytes: 4 * 1024 * 1024,
+            messages_per_second: 0,
+            max_connections: 100_000,
+            handshake_timeout_secs: 10,
             max_subscriptions_per_connection: 1000,
             max_page: 1000,
             ping_interval_secs: 30,

@@ -7,11 +7,13 @@
 //! shutdown (1001, after flushing what was queued).
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentbus_protocol::{
-    AgentId, ClientFrame, ErrorCode, Ref, ServerFrame, TopicName, error_frame, frame_is_on, frame_offset, history_frame,
+    AgentId, ClientFrame, ErrorCode, FrameError, Ref, ServerFrame, TopicName, error_frame, frame_is_on, frame_offset,
+    history_frame,
 };
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,7 +22,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::auth::Grant;
 use crate::broker::{BrokerHandle, Command, ConnId, Reply};
+use crate::listener::Counted;
 use crate::outbox::{Outbox, OutboxState, Outgoing};
 use crate::replay::ReplayCursor;
 use crate::shared::{Shared, search_hits};
@@ -80,11 +86,15 @@ struct Connection<S> {
     agent: Option<AgentId>,
     /// The registered agent's inbox, whose delivery is reported to the broker.
     inbox: Option<TopicName>,
+    /// What the client proved it may do (authentication on).
+    grant: Option<Arc<Grant>>,
+    /// `limits.messages_per_second`, when set.
+    rate: Option<DefaultDirectRateLimiter>,
     last_seen: Instant,
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>)
+pub async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>, grant: Option<Arc<Grant>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -95,7 +105,11 @@ where
     }
     let _guard = CloseGuard { conn, broker: shared.broker.clone() };
     let _alive = shared.tasks.clone();
-    let mut c = Connection { ws, shared, conn, outbox, agent: None, inbox: None, last_seen: Instant::now() };
+    let _counted = Counted::new(shared.clone());
+    let rate =
+        NonZeroU32::new(shared.config.limits.messages_per_second).map(|n| RateLimiter::direct(Quota::per_second(n)));
+    let mut c =
+        Connection { ws, shared, conn, outbox, agent: None, inbox: None, grant, rate, last_seen: Instant::now() };
     match c.serve().await {
         Ok(()) => tracing::debug!(conn, "connection closed"),
         Err(e) => tracing::debug!(conn, error = %e, "connection ended"),
@@ -270,36 +284,75 @@ where
             Ok(parsed) => parsed,
             Err(e) => return self.reply_error(e.code, &e.message, e.reference.as_ref()),
         };
+        let echo = reference.clone();
+        if let Err(e) = self.dispatch(frame, reference).await {
+            self.reply_error(e.code, &e.message, echo.as_ref());
+        }
+    }
+
+    /// Checks a frame against authentication, permissions and limits, then carries it out.
+    async fn dispatch(&mut self, frame: ClientFrame<'_>, reference: Option<Ref>) -> Result<(), FrameError> {
         let conn = self.conn;
+        let auth = &self.shared.auth;
+        let grant = self.grant.as_deref();
+        if auth.required() && grant.is_none() && !matches!(frame, ClientFrame::Register(_) | ClientFrame::Ping) {
+            return Err(FrameError::new(ErrorCode::Unauthorized, "register with your key (`token`) first"));
+        }
         let cmd = match frame {
             ClientFrame::Register(frame) => {
                 if let Some(existing) = &self.agent
                     && *existing != frame.agent_id
                 {
                     let msg = format!("this connection is already registered as {existing:?}");
-                    return self.reply_error(ErrorCode::InvalidField, &msg, reference.as_ref());
+                    return Err(FrameError::new(ErrorCode::InvalidField, msg));
+                }
+                if auth.required() {
+                    let granted = match (&frame.token, &self.grant) {
+                        (Some(token), _) => auth.authenticate(token)?,
+                        (None, Some(g)) => g.clone(),
+                        (None, None) => {
+                            return Err(FrameError::new(ErrorCode::Unauthorized, "a key is required (`token`)"));
+                        }
+                    };
+                    if granted.agent != frame.agent_id {
+                        let msg = format!("this key is for agent {:?}", granted.agent.as_str());
+                        return Err(FrameError::new(ErrorCode::Forbidden, msg));
+                    }
+                    self.grant = Some(granted);
                 }
                 self.inbox = Some(TopicName::inbox(&frame.agent_id));
                 self.agent = Some(frame.agent_id.clone());
                 Command::Register { conn, frame, reference }
             }
-            ClientFrame::Subscribe(frame) => Command::Subscribe { conn, frame, reference },
+            ClientFrame::Subscribe(frame) => {
+                auth.check_read(grant, &frame.topic)?;
+                Command::Subscribe { conn, frame, reference }
+            }
             ClientFrame::Unsubscribe { topic } => Command::Unsubscribe { conn, topic, reference },
             ClientFrame::Send(send) => {
-                let origin = Reply::Outbox(self.outbox.clone(), reference.clone());
-                match self.shared.prepare_publish(&send, self.agent.as_ref(), None, origin) {
-                    Ok(publish) => Command::Publish(Box::new(publish)),
-                    Err(e) => return self.reply_error(e.code, &e.message, reference.as_ref()),
+                if let Some(limiter) = &self.rate
+                    && limiter.check().is_err()
+                {
+                    let per_second = self.shared.config.limits.messages_per_second;
+                    return Err(FrameError::new(
+                        ErrorCode::RateLimited,
+                        format!("over {per_second} messages per second"),
+                    ));
                 }
+                auth.check_publish(grant, &send.destination(), send.from_agent.as_ref())?;
+                let origin = Reply::Outbox(self.outbox.clone(), reference);
+                let publish = self.shared.prepare_publish(&send, self.agent.as_ref(), None, origin)?;
+                Command::Publish(Box::new(publish))
             }
             ClientFrame::Presence { topic } => {
                 Command::Presence { topic, reply: Reply::Outbox(self.outbox.clone(), reference) }
             }
             ClientFrame::Ping => {
                 let _ = self.outbox.push_frame(ServerFrame::Pong { reference }.to_json());
-                return;
+                return Ok(());
             }
             ClientFrame::History(h) => {
+                auth.check_read(grant, &h.topic)?;
                 let store = self.shared.store.clone();
                 let topic = h.topic.clone();
                 let read = tokio::task::spawn_blocking(move || match h.after {
@@ -307,19 +360,18 @@ where
                     None => store.read_before(&h.topic, h.before.unwrap_or(u64::MAX), h.limit as usize),
                 })
                 .await;
-                match read {
-                    Ok(Ok(msgs)) => {
-                        let frame = history_frame(&topic, msgs.iter().map(|m| m.frame.as_str()), reference.as_ref());
-                        let _ = self.outbox.push_frame(frame);
-                    }
-                    other => {
-                        tracing::error!(conn, ?other, "history read failed");
-                        self.reply_error(ErrorCode::Internal, "history read failed", reference.as_ref());
-                    }
-                }
-                return;
+                let Ok(Ok(msgs)) = read else {
+                    tracing::error!(conn, ?read, "history read failed");
+                    return Err(FrameError::new(ErrorCode::Internal, "history read failed"));
+                };
+                let frame = history_frame(&topic, msgs.iter().map(|m| m.frame.as_str()), reference.as_ref());
+                let _ = self.outbox.push_frame(frame);
+                return Ok(());
             }
             ClientFrame::Search(s) => {
+                if let Some(topic) = &s.topic {
+                    auth.check_read(grant, topic)?;
+                }
                 let store = self.shared.store.clone();
                 let query = crate::store::SearchQuery {
                     words: s.query,
@@ -327,21 +379,21 @@ where
                     from_agent: s.from_agent.map(|a| a.to_string()),
                     limit: s.limit as usize,
                 };
-                match tokio::task::spawn_blocking(move || store.search(&query)).await {
-                    Ok(Ok(hits)) => {
-                        let frame = ServerFrame::SearchResults { hits: search_hits(hits), reference };
-                        let _ = self.outbox.push_frame(frame.to_json());
-                    }
-                    other => {
-                        tracing::error!(conn, ?other, "search failed");
-                        self.reply_error(ErrorCode::Internal, "search failed", reference.as_ref());
-                    }
-                }
-                return;
+                let found = tokio::task::spawn_blocking(move || store.search(&query)).await;
+                let Ok(Ok(hits)) = found else {
+                    tracing::error!(conn, ?found, "search failed");
+                    return Err(FrameError::new(ErrorCode::Internal, "search failed"));
+                };
+                let mut hits = search_hits(hits);
+                hits.retain(|h| auth.may_see(grant, &h.message.topic));
+                let _ = self.outbox.push_frame(ServerFrame::SearchResults { hits, reference }.to_json());
+                return Ok(());
             }
         };
-        if self.shared.broker.send(cmd).await.is_err() {
-            self.reply_error(ErrorCode::Unavailable, "the server is shutting down", None);
-        }
+        self.shared
+            .broker
+            .send(cmd)
+            .await
+            .map_err(|_| FrameError::new(ErrorCode::Unavailable, "the server is shutting down"))
     }
 }

@@ -5,15 +5,18 @@
 //! connection tasks → broker → store writer → broker (fan-out, acks) → outboxes →
 //! connection tasks.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod replay;
 pub mod shared;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +42,9 @@ pub enum ServerError {
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The configuration cannot be used (auth entries, TLS files).
+    #[error("{0}")]
+    Config(String),
     /// Listening or serving failed.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
@@ -83,6 +89,8 @@ pub async fn serve_with_store(
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let auth = auth::Auth::new(&config.auth).map_err(ServerError::Config)?;
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(ServerError::Config)?;
     let boot_epoch = store::new_epoch();
     let loaded = {
         let store = store.clone();
@@ -131,24 +139,14 @@ pub async fn serve_with_store(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
-    let shared = Arc::new(Shared::new(handle, store, config, boot_epoch, shutdown_rx.clone(), tasks_tx, metrics));
+    let shared = Arc::new(Shared::new(handle, store, config, boot_epoch, shutdown_rx.clone(), tasks_tx, metrics, auth));
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
 
     let app = http::app(shared.clone());
-    let mut stop = shutdown_rx.clone();
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+    listener::serve(listener, tls, app, shared.clone()).await;
     tracing::info!("shutting down: closing connections");
     // Connection tasks saw the same signal; wait until every one has flushed and closed.
     drop(shared);
@@ -158,5 +156,5 @@ pub async fn serve_with_store(
     }
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     tracing::info!("shut down");
-    served.map_err(ServerError::Io)
+    Ok(())
 }

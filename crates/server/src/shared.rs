@@ -2,12 +2,13 @@
 //! the configuration, id generators and the shutdown signal.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use agentbus_protocol::{AgentId, ErrorCode, FrameError, MessageDraft, ParseLimits, SendFrame};
 use tokio::sync::{mpsc, watch};
 
+use crate::auth::Auth;
 use crate::broker::{BrokerHandle, Origin, Publish};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -31,6 +32,10 @@ pub struct Shared {
     pub tasks: mpsc::Sender<()>,
     /// The server's metrics.
     pub metrics: Arc<Metrics>,
+    /// Authentication and permissions.
+    pub auth: Auth,
+    /// Open connections, for `limits.max_connections`.
+    pub open_sockets: AtomicUsize,
     next_conn: AtomicU64,
     next_message: AtomicU64,
 }
@@ -45,6 +50,7 @@ impl Shared {
         shutdown: watch::Receiver<bool>,
         tasks: mpsc::Sender<()>,
         metrics: Arc<Metrics>,
+        auth: Auth,
     ) -> Self {
         let parse_limits = ParseLimits { max_page: config.limits.max_page, ..ParseLimits::default() };
         Self {
@@ -56,6 +62,8 @@ impl Shared {
             shutdown,
             tasks,
             metrics,
+            auth,
+            open_sockets: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             next_message: AtomicU64::new(1),
         }

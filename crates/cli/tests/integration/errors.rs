@@ -126,7 +126,7 @@ async fn a_stalled_reader_is_closed_as_a_slow_consumer_while_others_get_everythi
     let mut p = server.connect().await;
     p.register("publisher").await;
     let body = "y".repeat(1000);
-    let (total, burst) = (20_000u64, 200u64);
+    let (total, burst) = (100_000u64, 500u64);
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
     let reader = tokio::spawn(async move {
         for next in 1..=total {
@@ -135,7 +135,7 @@ async fn a_stalled_reader_is_closed_as_a_slow_consumer_while_others_get_everythi
             let _ = progress_tx.send(next);
         }
     });
-    // 20 MB go out; the publisher is never blocked by the stalled reader (every send is
+    // 100 MB go out; the publisher is never blocked by the stalled reader (every send is
     // acked) and only paces itself to the healthy subscriber, which keeps up.
     for sent in (burst..=total).step_by(burst as usize) {
         for i in 0..burst {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{ApiError, MAX_WAIT};
+use super::{ApiError, Caller, MAX_WAIT};
 use crate::broker::{Command, Reply};
 use crate::shared::{Shared, search_hits};
 use crate::store::SearchQuery;
@@ -82,6 +82,7 @@ pub(super) async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Respons
 /// `POST /v1/topics/{topic}/messages`: publish; answers with the ack once stored.
 pub(super) async fn publish(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     Path(topic): Path<String>,
     body: String,
 ) -> Result<Json<ServerFrame>, ApiError> {
@@ -90,8 +91,10 @@ pub(super) async fn publish(
         return Err(ApiError::new(ErrorCode::TooLarge, "body over the message size limit"));
     }
     let send = SendFrame::parse_body(&body, topic, &shared.parse_limits)?;
+    shared.auth.check_publish(caller.grant(), &send.destination(), send.from_agent.as_ref())?;
     let (tx, rx) = oneshot::channel();
-    let publish = shared.prepare_publish(&send, None, Some("anonymous"), Reply::Oneshot(tx))?;
+    let as_agent = caller.grant().map(|g| &g.agent);
+    let publish = shared.prepare_publish(&send, as_agent, Some("anonymous"), Reply::Oneshot(tx))?;
     let ack = ask(&shared, Command::Publish(Box::new(publish)), rx).await??;
     Ok(Json(ServerFrame::Ack {
         id: ack.id,
@@ -108,10 +111,12 @@ pub(super) async fn publish(
 /// long-poll when there are none yet); otherwise the newest ones (before `before`).
 pub(super) async fn history(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     Path(topic): Path<String>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
     let topic = topic_param(&topic)?;
+    shared.auth.check_read(caller.grant(), &topic)?;
     let after = u64_param(&params, "after")?;
     let before = u64_param(&params, "before")?;
     let limit = u64_param(&params, "limit")?.unwrap_or(100).min(shared.config.limits.max_page).max(1) as usize;
@@ -157,9 +162,10 @@ pub(super) async fn history(
 }
 
 /// `GET /v1/topics`: every known topic with its offsets and subscribers.
-pub(super) async fn topics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+pub(super) async fn topics(State(shared): State<Arc<Shared>>, caller: Caller) -> Result<Response, ApiError> {
     let (tx, rx) = oneshot::channel();
     let mut topics = ask(&shared, Command::Topics { reply: tx }, rx).await?;
+    topics.retain(|t| shared.auth.may_see(caller.grant(), &t.topic));
     let store = shared.store.clone();
     let names: Vec<String> = topics.iter().map(|t| t.topic.clone()).collect();
     let firsts = blocking("topic listing", move || {
@@ -173,7 +179,11 @@ pub(super) async fn topics(State(shared): State<Arc<Shared>>) -> Result<Response
 }
 
 /// `GET /v1/agents`: agents online.
-pub(super) async fn agents(State(shared): State<Arc<Shared>>, Query(params): Params) -> Result<Response, ApiError> {
+pub(super) async fn agents(
+    State(shared): State<Arc<Shared>>,
+    _caller: Caller,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
     let topic = params.get("topic").map(|t| topic_param(t)).transpose()?;
     let (tx, rx) = oneshot::channel();
     let agents = ask(&shared, Command::Presence { topic, reply: Reply::Oneshot(tx) }, rx).await?;
@@ -181,7 +191,11 @@ pub(super) async fn agents(State(shared): State<Arc<Shared>>, Query(params): Par
 }
 
 /// `GET /v1/search?q=&topic=&from_agent=&limit=`: full-text search, best first.
-pub(super) async fn search(State(shared): State<Arc<Shared>>, Query(params): Params) -> Result<Response, ApiError> {
+pub(super) async fn search(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
     let words = params.get("q").map(String::as_str).unwrap_or("");
     if words.trim().is_empty() {
         return Err(ApiError::new(ErrorCode::InvalidField, "query parameter `q` must contain at least one word"));
@@ -190,10 +204,15 @@ pub(super) async fn search(State(shared): State<Arc<Shared>>, Query(params): Par
         return Err(ApiError::new(ErrorCode::TooLarge, "query too long"));
     }
     let topic = params.get("topic").map(|t| topic_param(t)).transpose()?;
+    if let Some(t) = &topic {
+        shared.auth.check_read(caller.grant(), t)?;
+    }
     let from_agent = params.get("from_agent").cloned();
     let limit = u64_param(&params, "limit")?.unwrap_or(20).min(shared.config.limits.max_page).max(1) as usize;
     let query = SearchQuery { words: words.to_owned(), topic, from_agent, limit };
     let store = shared.store.clone();
     let hits = blocking("search", move || store.search(&query)).await?;
-    Ok(Json(serde_json::json!({ "hits": search_hits(hits) })).into_response())
+    let mut hits = search_hits(hits);
+    hits.retain(|h| shared.auth.may_see(caller.grant(), &h.message.topic));
+    Ok(Json(serde_json::json!({ "hits": hits })).into_response())
 }

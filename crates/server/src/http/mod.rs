@@ -2,6 +2,7 @@
 //! Server-Sent Events, health, and the admin page.
 
 mod api;
+mod caller;
 mod error;
 mod sse;
 
@@ -19,6 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+pub use caller::{Caller, request_token};
 pub use error::ApiError;
 
 use crate::shared::Shared;
@@ -78,13 +80,22 @@ async fn root(State(shared): State<Arc<Shared>>, mut req: Request) -> Response {
     if *shared.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    // A key on the upgrade request authenticates the whole connection; without one,
+    // `register` must carry it (when authentication is on).
+    let grant = match request_token(req.headers(), req.uri()) {
+        Some(token) if shared.auth.required() => match shared.auth.authenticate(&token) {
+            Ok(grant) => Some(grant),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        _ => None,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = websocket_config(shared.config.limits.max_message_bytes);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                crate::conn::run(ws, shared).await;
+                crate::conn::run(ws, shared, grant).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }

@@ -46,11 +46,13 @@ fn message_event(frame: &str, offset: Option<u64>) -> Event {
 /// `GET /v1/topics/{topic}/events?since=&history=&epoch=`.
 pub(super) async fn events(
     State(shared): State<Arc<Shared>>,
+    caller: super::Caller,
     Path(topic): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let topic = topic_param(&topic)?;
+    shared.auth.check_read(caller.grant(), &topic)?;
     let last_event_id = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(v) if !v.trim().is_empty() => Some(v.trim().parse::<u64>().map_err(|_| {
             ApiError::new(ErrorCode::InvalidField, "Last-Event-ID must be the offset of the last event received")
