@@ -123,3 +123,38 @@ async fn the_admin_page_shows_agents_topics_and_a_live_tail_in_a_real_browser() 
     c.close().await.unwrap();
     let _ = driver.child.kill().await;
 }
+
+#[tokio::test]
+async fn with_authentication_on_the_admin_page_asks_for_a_key_and_then_shows_the_bus() {
+    if !browser_ready() {
+        return;
+    }
+    let config = "[auth]\nrequired = true\n[[auth.agents]]\nid = \"watcher\"\nkey = \"watch-key\"\npublish = [\"*\"]\nsubscribe = [\"*\"]\n";
+    let server = TestServer::builder().ephemeral().config(config).start().await;
+    let mut agent = server.connect().await;
+    agent.send(json!({"type":"register","agent_id":"watcher","token":"watch-key"})).await;
+    agent.recv_type("registered").await;
+    agent.subscribe("secured-topic").await;
+
+    let mut driver = start_browser().await;
+    let c = driver.client.clone();
+    c.goto(&format!("{}/ui?topic=secured-topic", server.http_url())).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let shown = c.find(Locator::Css("#keybox")).await.unwrap().attr("class").await.unwrap();
+        if shown.as_deref().is_some_and(|s| s.contains("show")) {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "the page never asked for a key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!c.find(Locator::Css("#agents")).await.unwrap().text().await.unwrap().contains("watcher"));
+    c.find(Locator::Css("#keyinput")).await.unwrap().send_keys("watch-key").await.unwrap();
+    c.find(Locator::Css("#keyform button")).await.unwrap().click().await.unwrap();
+    wait_for_text(&c, "#agents", "watcher").await;
+    wait_for_text(&c, "#topics", "secured-topic").await;
+    agent.publish("secured-topic", json!("visible with the key")).await;
+    wait_for_text(&c, "#tail", "visible with the key").await;
+    c.close().await.unwrap();
+    let _ = driver.child.kill().await;
+}
