@@ -125,13 +125,12 @@ impl Auth {
         if let Some(grant) = found {
             return Ok(grant);
         }
-        if let Some((key, validation)) = &self.jwt {
-            if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, validation) {
-                let c = data.claims;
-                if let Ok(agent) = AgentId::new(&c.sub) {
-                    return Ok(Arc::new(Grant { agent, publish: c.publish, subscribe: c.subscribe }));
-                }
-            }
+        if let Some((key, validation)) = &self.jwt
+            && let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, validation)
+            && let Ok(agent) = AgentId::new(&data.claims.sub)
+        {
+            let c = data.claims;
+            return Ok(Arc::new(Grant { agent, publish: c.publish, subscribe: c.subscribe }));
         }
         Err(FrameError::new(ErrorCode::Unauthorized, "invalid key or token"))
     }
@@ -162,13 +161,11 @@ impl Auth {
             return Ok(());
         }
         let grant = grant.ok_or_else(|| FrameError::new(ErrorCode::Unauthorized, "authenticate first"))?;
-        if let Some(from) = from_agent {
-            if *from != grant.agent {
-                return Err(FrameError::new(
-                    ErrorCode::Forbidden,
-                    format!("you are {:?}, not {:?}", grant.agent.as_str(), from.as_str()),
-                ));
-            }
+        if let Some(from) = from_agent
+            && *from != grant.agent
+        {
+            let msg = format!("you are {:?}, not {:?}", grant.agent.as_str(), from.as_str());
+            return Err(FrameError::new(ErrorCode::Forbidden, msg));
         }
         if !grant.may_publish(topic) {
             return Err(FrameError::new(

@@ -42,6 +42,7 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the shared state.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         broker: BrokerHandle,
         store: Arc<dyn Store>,

@@ -1,21 +1,628 @@
 //! The SQLite store: the embedded default.
+//!
+//! One file, `<data>/agentbus.db`, in WAL mode. The writer thread owns one connection:
+//! it appends each group of batches in one transaction, trims and indexes for search
+//! between batches. Reads take a connection from a small pool, so replay, history and
+//! search run alongside commits.
+//!
+//! Schema, version [`SCHEMA_VERSION`] (kept in `PRAGMA user_version`):
+//!
+//! - `topics(id, name, epoch, last_offset)`: `last_offset` is the newest offset ever
+//!   assigned, which survives trimming every message of the topic.
+//! - `messages(seq, topic_id, offset, id, client_id, ts, from_agent, frame)`: `seq` is the
+//!   rowid, a global sequence in append order; `(topic_id, offset)` is unique. `frame` is
+//!   the complete encoded frame, returned verbatim. A partial index on `seq` of the rows
+//!   with a client-chosen id (`client_id = 1`) finds the recent ids without scanning every
+//!   message; appends of messages without such an id do not touch it.
+//! - `cursors(agent, offset)`: inbox positions.
+//! - `search`: an FTS5 index of each message's content (a JSON string as its text, any
+//!   other value as its JSON text), its external content the view `message_text`. It is
+//!   filled behind the commits by [`Store::maintain`]; `search_state.indexed_upto` is the
+//!   highest `seq` indexed. Trimming removes messages from the index too.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
-use crate::config::StoreConfig;
+use agentbus_protocol::TopicName;
+use rusqlite::types::Type;
+use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Transaction, params};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::memory::MemoryStore;
-use super::StoreError;
+use crate::config::{StoreConfig, SyncMode};
 
-/// SQLite store (placeholder: backed by memory until the SQLite implementation lands).
-pub type SqliteStore = MemoryStoreShim;
+use super::{Cursor, KnownId, Record, Retention, SearchQuery, Store, StoreError, Stored, StoredHit, TopicState};
 
-/// Placeholder.
-pub struct MemoryStoreShim;
+/// The database file inside the data folder.
+pub const DB_FILE: &str = "agentbus.db";
 
-impl MemoryStoreShim {
-    /// Opens the store in `data`.
-    pub fn open(_data: &Path, config: &StoreConfig) -> Result<MemoryStore, StoreError> {
-        Ok(MemoryStore::new(config.dedupe_window))
+/// The schema version this code writes and reads (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Idle read connections kept for reuse; more are opened when needed.
+const IDLE_READERS: usize = 8;
+
+/// How long a connection waits for a lock held by another one.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest write-ahead log kept after a checkpoint, in bytes.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Page cache of the write connection, in KiB (trimming touches pages all over the table).
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+
+/// Most query words used in a search (the rest are ignored).
+const MAX_SEARCH_WORDS: usize = 32;
+
+/// The searchable text of a message: its content, a JSON string as its text and any other
+/// JSON value as its JSON text (NULL for a frame that is not JSON).
+macro_rules! body_sql {
+    () => {
+        "CASE WHEN json_valid(frame) THEN \
+            CASE json_type(frame, '$.content') WHEN 'text' THEN frame ->> '$.content' \
+            ELSE frame -> '$.content' END \
+         END"
+    };
+}
+
+/// Version 1 of the schema.
+const SCHEMA_V1: &str = concat!(
+    "CREATE TABLE topics (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        epoch TEXT NOT NULL,
+        last_offset INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY,
+        topic_id INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        client_id INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        from_agent TEXT NOT NULL,
+        frame TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX messages_topic_offset ON messages (topic_id, offset);
+    CREATE INDEX messages_client_ids ON messages (seq) WHERE client_id = 1;
+    CREATE TABLE cursors (agent TEXT PRIMARY KEY, offset INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE search_state (only_row INTEGER PRIMARY KEY CHECK (only_row = 1), indexed_upto INTEGER NOT NULL);
+    INSERT INTO search_state (only_row, indexed_upto) VALUES (1, 0);
+    CREATE VIEW message_text (seq, body) AS SELECT seq, ",
+    body_sql!(),
+    " FROM messages;
+    CREATE VIRTUAL TABLE search USING fts5(body, content = 'message_text', content_rowid = 'seq');"
+);
+
+const INSERT_MESSAGE: &str = "INSERT INTO messages (seq, topic_id, offset, id, client_id, ts, from_agent, frame) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+const INSERT_TOPIC: &str = "INSERT INTO topics (name, epoch) VALUES (?1, ?2)";
+
+const UPDATE_TOPIC_LAST: &str = "UPDATE topics SET last_offset = ?2 WHERE id = ?1";
+
+const UPSERT_CURSOR: &str = "INSERT INTO cursors (agent, offset) VALUES (?1, ?2) \
+     ON CONFLICT (agent) DO UPDATE SET offset = max(offset, excluded.offset)";
+
+const READ_RANGE: &str = "SELECT offset, frame FROM messages \
+     WHERE topic_id = (SELECT id FROM topics WHERE name = ?1) AND offset > ?2 AND offset <= ?3 \
+     ORDER BY offset LIMIT ?4";
+
+const READ_BEFORE: &str = "SELECT offset, frame FROM messages \
+     WHERE topic_id = (SELECT id FROM topics WHERE name = ?1) AND offset < ?2 \
+     ORDER BY offset DESC LIMIT ?3";
+
+const TOPICS: &str = "SELECT name, epoch, last_offset, \
+     (SELECT min(offset) FROM messages WHERE topic_id = topics.id) FROM topics ORDER BY id";
+
+const FIRST_OFFSET: &str = "SELECT min(offset) FROM messages WHERE topic_id = (SELECT id FROM topics WHERE name = ?1)";
+
+const RECENT_IDS: &str = "SELECT m.id, t.name, m.offset FROM messages AS m CROSS JOIN topics AS t \
+     ON t.id = m.topic_id WHERE m.client_id = 1 ORDER BY m.seq DESC LIMIT ?1";
+
+const CURSORS: &str = "SELECT agent, offset FROM cursors ORDER BY agent";
+
+const SEARCH: &str = "SELECT m.frame, snippet(search, 0, '[', ']', '…', 24), search.rank \
+     FROM search CROSS JOIN messages AS m ON m.seq = search.rowid CROSS JOIN topics AS t ON t.id = m.topic_id \
+     WHERE search MATCH ?1 AND (?2 IS NULL OR t.name = ?2) AND (?3 IS NULL OR m.from_agent = ?3) \
+     ORDER BY search.rank, m.seq DESC LIMIT ?4";
+
+const OLDEST: &str = "SELECT offset, ts FROM messages WHERE topic_id = ?1 ORDER BY offset LIMIT ?2";
+
+const UNINDEX_THROUGH: &str = concat!(
+    "INSERT INTO search (search, rowid, body) SELECT 'delete', seq, ",
+    body_sql!(),
+    " FROM messages WHERE topic_id = ?1 AND offset <= ?2 AND seq <= ?3"
+);
+
+const DELETE_THROUGH: &str = "DELETE FROM messages WHERE topic_id = ?1 AND offset <= ?2";
+
+const NEXT_TO_INDEX: &str =
+    "SELECT max(seq), count(*) FROM (SELECT seq FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2)";
+
+const INDEX_RANGE: &str = concat!(
+    "INSERT INTO search (rowid, body) SELECT seq, ",
+    body_sql!(),
+    " FROM messages WHERE seq > ?1 AND seq <= ?2"
+);
+
+const SET_INDEXED_UPTO: &str = "UPDATE search_state SET indexed_upto = ?1";
+
+/// History in a SQLite database.
+pub struct SqliteStore {
+    /// The database file.
+    path: PathBuf,
+    /// The write connection and what it remembers, used by the writer thread only.
+    writer: Mutex<Writer>,
+    /// Idle read connections.
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// A topic as the writer knows it.
+#[derive(Debug, Clone, Copy)]
+struct TopicRow {
+    /// Its row id.
+    id: i64,
+    /// Its newest offset.
+    last: u64,
+}
+
+/// The write connection and the state it keeps in memory, always equal to the database's.
+struct Writer {
+    /// The only connection that writes.
+    conn: Connection,
+    /// Every topic, by name.
+    topics: HashMap<TopicName, TopicRow>,
+    /// The `seq` of the next message.
+    next_seq: i64,
+    /// The highest `seq` in the search index.
+    indexed_upto: i64,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `data_dir`, checking that it is readable.
+    pub fn open(data_dir: &Path, config: &StoreConfig) -> Result<SqliteStore, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| open_error(&path, &format!("cannot create the folder {}: {e}", data_dir.display())))?;
+        let writer = Writer::open(&path, config).map_err(|e| open_error(&path, &e.to_string()))?;
+        let reader = open_reader(&path).map_err(|e| open_error(&path, &e.to_string()))?;
+        Ok(SqliteStore { path, writer: Mutex::new(writer), readers: Mutex::new(vec![reader]) })
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn idle_readers(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a read connection from the pool (a new one if none is idle).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let idle = self.idle_readers().pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_reader(&self.path).map_err(db_error)?,
+        };
+        let result = f(&conn).map_err(db_error);
+        let mut idle = self.idle_readers();
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+impl Writer {
+    /// Opens the write connection, creates or checks the schema and loads the state.
+    fn open(path: &Path, config: &StoreConfig) -> rusqlite::Result<Writer> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_refusal(&format!("the file system does not support WAL (journal mode {mode})")));
+        }
+        let sync = match config.sync {
+            SyncMode::Normal => "NORMAL",
+            SyncMode::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        migrate(&conn)?;
+        limit_size(&conn, config.max_size_bytes)?;
+        let topics = load_topics(&conn)?;
+        let (next_seq, indexed_upto) = load_sequence(&conn)?;
+        Ok(Writer { conn, topics, next_seq, indexed_upto })
+    }
+
+    /// Stores a batch in one transaction; the in-memory state changes only if it commits.
+    fn append(&mut self, records: &[Record<'_>], cursors: &[Cursor]) -> Result<(), StoreError> {
+        check_offsets(&self.topics, records)?;
+        let tx = self.conn.transaction().map_err(db_error)?;
+        let (touched, next_seq) = insert_records(&tx, &self.topics, self.next_seq, records)?;
+        upsert_cursors(&tx, cursors).map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+        for (name, row) in touched {
+            self.topics.insert(name.clone(), row);
+        }
+        self.next_seq = next_seq;
+        Ok(())
+    }
+
+    /// Removes messages beyond retention, at most `budget`, in one transaction.
+    fn trim(
+        &mut self,
+        retention: &dyn Fn(&TopicName) -> Retention,
+        now_ms: i64,
+        budget: usize,
+    ) -> rusqlite::Result<u64> {
+        let tx = self.conn.transaction()?;
+        let mut removed = 0u64;
+        for (name, topic) in &self.topics {
+            let left = (budget as u64).saturating_sub(removed);
+            if left == 0 {
+                break;
+            }
+            let r = retention(name);
+            if r.max_messages == 0 && r.max_age_ms == 0 {
+                continue;
+            }
+            if let Some((cut, count)) = trim_point(&tx, *topic, r, now_ms, left)? {
+                delete_through(&tx, topic.id, cut, self.indexed_upto)?;
+                removed += count;
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Adds up to `budget` not yet indexed messages to the search index.
+    fn index(&mut self, budget: usize) -> rusqlite::Result<u64> {
+        let tx = self.conn.transaction()?;
+        let (upto, count): (Option<i64>, u64) = tx
+            .prepare_cached(NEXT_TO_INDEX)?
+            .query_row(params![self.indexed_upto, sql_count(budget)], |r| Ok((r.get(0)?, get_u64(r, 1)?)))?;
+        let Some(upto) = upto else { return Ok(0) };
+        tx.prepare_cached(INDEX_RANGE)?.execute(params![self.indexed_upto, upto])?;
+        tx.prepare_cached(SET_INDEXED_UPTO)?.execute([upto])?;
+        tx.commit()?;
+        self.indexed_upto = upto;
+        Ok(count)
+    }
+}
+
+/// Refuses a batch whose offsets do not continue each topic's sequence.
+fn check_offsets(topics: &HashMap<TopicName, TopicRow>, records: &[Record<'_>]) -> Result<(), StoreError> {
+    let mut next: HashMap<&TopicName, u64> = HashMap::new();
+    for r in records {
+        let last = match next.get(r.topic) {
+            Some(&o) => o,
+            None => topics.get(r.topic).map_or(0, |t| t.last),
+        };
+        if last.checked_add(1) != Some(r.offset) {
+            return Err(StoreError::OutOfOrder { topic: r.topic.to_string(), last, got: r.offset });
+        }
+        next.insert(r.topic, r.offset);
+    }
+    Ok(())
+}
+
+/// Inserts the messages (creating new topics) and updates each topic's last offset;
+/// returns the touched topics and the next `seq`.
+fn insert_records<'r>(
+    tx: &Transaction<'_>,
+    known: &HashMap<TopicName, TopicRow>,
+    mut seq: i64,
+    records: &[Record<'r>],
+) -> Result<(HashMap<&'r TopicName, TopicRow>, i64), StoreError> {
+    let mut touched: HashMap<&'r TopicName, TopicRow> = HashMap::new();
+    let mut insert = tx.prepare_cached(INSERT_MESSAGE).map_err(db_error)?;
+    for r in records {
+        let id = match touched.get(r.topic).or_else(|| known.get(r.topic)) {
+            Some(t) => t.id,
+            None => create_topic(tx, r.topic, r.epoch).map_err(db_error)?,
+        };
+        let offset = sql_offset(r.offset)?;
+        insert
+            .execute(params![seq, id, offset, r.id, r.client_id, r.timestamp_ms, r.from_agent, r.frame])
+            .map_err(db_error)?;
+        touched.insert(r.topic, TopicRow { id, last: r.offset });
+        seq += 1;
+    }
+    let mut update = tx.prepare_cached(UPDATE_TOPIC_LAST).map_err(db_error)?;
+    for t in touched.values() {
+        update.execute(params![t.id, sql_offset(t.last)?]).map_err(db_error)?;
+    }
+    Ok((touched, seq))
+}
+
+/// Creates a topic row; returns its id.
+fn create_topic(tx: &Transaction<'_>, topic: &TopicName, epoch: &str) -> rusqlite::Result<i64> {
+    tx.prepare_cached(INSERT_TOPIC)?.execute(params![topic.as_str(), epoch])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Stores inbox positions, never moving one back.
+fn upsert_cursors(tx: &Transaction<'_>, cursors: &[Cursor]) -> rusqlite::Result<()> {
+    let mut upsert = tx.prepare_cached(UPSERT_CURSOR)?;
+    for c in cursors {
+        upsert.execute(params![c.agent, i64::try_from(c.offset).unwrap_or(i64::MAX)])?;
+    }
+    Ok(())
+}
+
+/// The newest offset of `topic` to trim and how many messages that removes (at most
+/// `limit`), walking from the oldest message as long as it is beyond retention.
+fn trim_point(
+    tx: &Transaction<'_>,
+    topic: TopicRow,
+    r: Retention,
+    now_ms: i64,
+    limit: u64,
+) -> rusqlite::Result<Option<(u64, u64)>> {
+    // Offsets are contiguous, so the newest `max_messages` are those above this one.
+    let beyond_count = if r.max_messages > 0 { topic.last.saturating_sub(r.max_messages) } else { 0 };
+    let max_age = i64::try_from(r.max_age_ms).unwrap_or(i64::MAX);
+    let mut oldest = tx.prepare_cached(OLDEST)?;
+    let mut rows = oldest.query(params![topic.id, i64::try_from(limit).unwrap_or(i64::MAX)])?;
+    let mut point = None;
+    let mut count = 0u64;
+    while let Some(row) = rows.next()? {
+        let offset = get_u64(row, 0)?;
+        let ts: i64 = row.get(1)?;
+        let too_many = offset <= beyond_count;
+        let too_old = max_age > 0 && now_ms.saturating_sub(ts) > max_age;
+        if !(too_many || too_old) {
+            break;
+        }
+        count += 1;
+        point = Some((offset, count));
+    }
+    Ok(point)
+}
+
+/// Deletes the messages of a topic up to offset `cut`, and their search index entries.
+fn delete_through(tx: &Transaction<'_>, topic_id: i64, cut: u64, indexed_upto: i64) -> rusqlite::Result<()> {
+    let cut = i64::try_from(cut).unwrap_or(i64::MAX);
+    tx.prepare_cached(UNINDEX_THROUGH)?.execute(params![topic_id, cut, indexed_upto])?;
+    tx.prepare_cached(DELETE_THROUGH)?.execute(params![topic_id, cut])?;
+    Ok(())
+}
+
+/// Creates the schema in a new database; refuses one written by a newer version.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    // Reading the schema is a real query: a corrupt or foreign file fails here.
+    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    match version {
+        SCHEMA_VERSION => Ok(()),
+        0 if objects == 0 => {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+        }
+        0 => Err(open_refusal("the database holds tables but no agentbus schema")),
+        v => Err(open_refusal(&format!("schema version {v} is not supported (this build reads {SCHEMA_VERSION})"))),
+    }
+}
+
+/// Caps the database at `max_bytes` (0 = no cap) so that writes past it fail with
+/// SQLITE_FULL. A database already larger keeps its size as the cap.
+fn limit_size(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
+    if max_bytes == 0 {
+        return Ok(());
+    }
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages = i64::try_from(max_bytes).unwrap_or(i64::MAX) / page_size.max(512);
+    let _set: i64 = conn.pragma_update_and_check(None, "max_page_count", pages.max(1), |r| r.get(0))?;
+    Ok(())
+}
+
+/// Every topic with its id and last offset.
+fn load_topics(conn: &Connection) -> rusqlite::Result<HashMap<TopicName, TopicRow>> {
+    let mut stmt = conn.prepare("SELECT id, name, last_offset FROM topics")?;
+    let rows = stmt.query_map([], |r| Ok((topic_name(r, 1)?, TopicRow { id: r.get(0)?, last: get_u64(r, 2)? })))?;
+    rows.collect()
+}
+
+/// The next `seq` (never one already indexed) and the search high-water mark.
+fn load_sequence(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    let newest: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| r.get(0))?;
+    let indexed: i64 = conn.query_row("SELECT indexed_upto FROM search_state", [], |r| r.get(0))?;
+    Ok((newest.max(indexed) + 1, indexed))
+}
+
+/// Opens a read-only connection.
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// The FTS5 query for `words`: every alphanumeric run quoted as a string, all required.
+/// `None` when there is no word.
+fn match_expression(words: &str) -> Option<String> {
+    let tokens: Vec<String> = words
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .take(MAX_SEARCH_WORDS)
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect();
+    if tokens.is_empty() { None } else { Some(tokens.join(" ")) }
+}
+
+/// Reads a topic name column.
+fn topic_name(row: &Row<'_>, idx: usize) -> rusqlite::Result<TopicName> {
+    let name: String = row.get(idx)?;
+    TopicName::new(&name).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
+}
+
+/// Reads a column holding a non-negative integer.
+fn get_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(idx)?;
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
+}
+
+/// Reads a column holding a non-negative integer or NULL.
+fn get_opt_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
+    match row.get::<_, Option<i64>>(idx)? {
+        Some(v) => u64::try_from(v).map(Some).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v)),
+        None => Ok(None),
+    }
+}
+
+/// Reads a stored message (offset, frame).
+fn stored(row: &Row<'_>) -> rusqlite::Result<Stored> {
+    Ok(Stored { offset: get_u64(row, 0)?, frame: Utf8Bytes::from(row.get::<_, String>(1)?) })
+}
+
+/// An offset to store: refused if SQLite cannot hold it.
+fn sql_offset(offset: u64) -> Result<i64, StoreError> {
+    i64::try_from(offset).map_err(|_| StoreError::Database(format!("offset {offset} is too large to store")))
+}
+
+/// An offset bound for a query (larger than any stored offset when it does not fit).
+fn sql_bound(offset: u64) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
+}
+
+/// A row count for `LIMIT`.
+fn sql_count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Maps a database error: a full database or disk is [`StoreError::Full`].
+fn db_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Full(e.to_string()),
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+/// An error for a database that cannot be used, raised while opening it.
+fn open_refusal(reason: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(reason.to_owned()))
+}
+
+/// [`StoreError::Open`] with a one-line reason.
+fn open_error(path: &Path, reason: &str) -> StoreError {
+    StoreError::Open {
+        path: path.display().to_string(),
+        reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
+impl Store for SqliteStore {
+    fn append(&self, records: &[Record<'_>], cursors: &[Cursor]) -> Result<(), StoreError> {
+        if records.is_empty() && cursors.is_empty() {
+            return Ok(());
+        }
+        self.writer().append(records, cursors)
+    }
+
+    fn read_range(&self, topic: &TopicName, after: u64, upto: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        if limit == 0 || after >= upto {
+            return Ok(Vec::new());
+        }
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(READ_RANGE)?;
+            let rows =
+                stmt.query_map(params![topic.as_str(), sql_bound(after), sql_bound(upto), sql_count(limit)], stored)?;
+            rows.collect()
+        })
+    }
+
+    fn read_before(&self, topic: &TopicName, before: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut newest_first = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(READ_BEFORE)?;
+            let rows = stmt.query_map(params![topic.as_str(), sql_bound(before), sql_count(limit)], stored)?;
+            rows.collect::<rusqlite::Result<Vec<Stored>>>()
+        })?;
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
+    fn topics(&self) -> Result<Vec<TopicState>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(TOPICS)?;
+            let rows = stmt.query_map([], |r| {
+                Ok(TopicState {
+                    topic: topic_name(r, 0)?,
+                    epoch: r.get(1)?,
+                    last_offset: get_u64(r, 2)?,
+                    first_offset: get_opt_u64(r, 3)?.unwrap_or(0),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn first_offset(&self, topic: &TopicName) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let first = conn.prepare_cached(FIRST_OFFSET)?.query_row([topic.as_str()], |r| get_opt_u64(r, 0))?;
+            Ok(first.unwrap_or(0))
+        })
+    }
+
+    fn recent_ids(&self, limit: usize) -> Result<Vec<KnownId>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(RECENT_IDS)?;
+            let rows = stmt.query_map([sql_count(limit)], |r| {
+                Ok(KnownId { id: r.get(0)?, topic: topic_name(r, 1)?, offset: get_u64(r, 2)? })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(CURSORS)?;
+            let rows = stmt.query_map([], |r| Ok(Cursor { agent: r.get(0)?, offset: get_u64(r, 1)? }))?;
+            rows.collect()
+        })
+    }
+
+    fn search(&self, query: &SearchQuery) -> Result<Vec<StoredHit>, StoreError> {
+        let Some(expression) = match_expression(&query.words) else { return Ok(Vec::new()) };
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let topic = query.topic.as_ref().map(TopicName::as_str);
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(SEARCH)?;
+            let rows =
+                stmt.query_map(params![expression, topic, query.from_agent.as_deref(), sql_count(query.limit)], |r| {
+                    Ok(StoredHit {
+                        frame: r.get(0)?,
+                        snippet: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        // bm25 is negative, lower is better.
+                        score: -r.get::<_, f64>(2)?,
+                    })
+                })?;
+            rows.collect()
+        })
+    }
+
+    fn trim(&self, retention: &dyn Fn(&TopicName) -> Retention, now_ms: i64, budget: usize) -> Result<u64, StoreError> {
+        if budget == 0 {
+            return Ok(0);
+        }
+        self.writer().trim(retention, now_ms, budget).map_err(db_error)
+    }
+
+    fn maintain(&self, budget: usize) -> Result<u64, StoreError> {
+        if budget == 0 {
+            return Ok(0);
+        }
+        self.writer().index(budget).map_err(db_error)
+    }
+
+    fn ready(&self) -> bool {
+        self.read(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).is_ok()
     }
 }

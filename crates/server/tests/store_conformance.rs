@@ -1,0 +1,846 @@
+//! The store conformance suite: every behaviour of the `Store` interface, written once and
+//! run against each implementation (`memory::*` and `sqlite::*`), plus what only the
+//! SQLite store has to do (survive a reopen, refuse bad files, stop at its size cap).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use agentbus_protocol::TopicName;
+use agentbus_server::config::{StoreConfig, SyncMode};
+use agentbus_server::store::memory::MemoryStore;
+use agentbus_server::store::sqlite::SqliteStore;
+use agentbus_server::store::{Cursor, Record, Retention, SearchQuery, Store, StoreError, StoredHit};
+use tempfile::TempDir;
+
+/// Keeps a store's files alive for the duration of a test.
+type Guard = Option<TempDir>;
+
+/// Makes a fresh, empty store.
+type Factory = fn() -> (Arc<dyn Store>, Guard);
+
+fn memory_store() -> (Arc<dyn Store>, Guard) {
+    (Arc::new(MemoryStore::new(1000)), None)
+}
+
+fn sqlite_store() -> (Arc<dyn Store>, Guard) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+    (Arc::new(store), Some(dir))
+}
+
+// ---------------------------------------------------------------------------------------
+// Building messages
+// ---------------------------------------------------------------------------------------
+
+/// An owned message, to borrow a `Record` from.
+#[derive(Debug, Clone)]
+struct Msg {
+    topic: TopicName,
+    epoch: String,
+    offset: u64,
+    id: String,
+    client_id: bool,
+    ts: i64,
+    from: String,
+    frame: String,
+}
+
+impl Msg {
+    /// A message whose content is the JSON string `text`.
+    fn text(topic: &str, offset: u64, text: &str) -> Msg {
+        Msg::json(topic, offset, &serde_json::to_string(text).unwrap())
+    }
+
+    /// A message whose content is the JSON value `content`.
+    fn json(topic: &str, offset: u64, content: &str) -> Msg {
+        let mut m = Msg {
+            topic: TopicName::new(topic).unwrap(),
+            epoch: "e1".to_owned(),
+            offset,
+            id: format!("srv-{topic}-{offset}"),
+            client_id: false,
+            ts: 1_000 * offset as i64,
+            from: "alice".to_owned(),
+            frame: String::new(),
+        };
+        m.frame = m.encode(content);
+        m
+    }
+
+    fn encode(&self, content: &str) -> String {
+        format!(
+            r#"{{"type":"message","topic":"{}","id":{},"timestamp":"2026-01-01T00:00:00Z","from_agent":{},"content":{},"offset":{}}}"#,
+            self.topic,
+            serde_json::to_string(&self.id).unwrap(),
+            serde_json::to_string(&self.from).unwrap(),
+            content,
+            self.offset
+        )
+    }
+
+    fn from(mut self, agent: &str) -> Msg {
+        self.from = agent.to_owned();
+        self
+    }
+
+    fn ts(mut self, ts: i64) -> Msg {
+        self.ts = ts;
+        self
+    }
+
+    fn epoch(mut self, epoch: &str) -> Msg {
+        self.epoch = epoch.to_owned();
+        self
+    }
+
+    fn client_id(mut self, id: &str) -> Msg {
+        self.id = id.to_owned();
+        self.client_id = true;
+        self
+    }
+
+    fn record(&self) -> Record<'_> {
+        Record {
+            topic: &self.topic,
+            epoch: &self.epoch,
+            offset: self.offset,
+            id: &self.id,
+            client_id: self.client_id,
+            timestamp_ms: self.ts,
+            from_agent: &self.from,
+            frame: &self.frame,
+        }
+    }
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::new(name).unwrap()
+}
+
+fn append(store: &dyn Store, msgs: &[Msg]) -> Result<(), StoreError> {
+    let records: Vec<Record<'_>> = msgs.iter().map(Msg::record).collect();
+    store.append(&records, &[])
+}
+
+/// Messages `from..=to` of `topic`, with content "message N".
+fn numbered(topic: &str, from: u64, to: u64) -> Vec<Msg> {
+    (from..=to).map(|o| Msg::text(topic, o, &format!("message {o}"))).collect()
+}
+
+fn offsets(stored: &[agentbus_server::store::Stored]) -> Vec<u64> {
+    stored.iter().map(|s| s.offset).collect()
+}
+
+fn keep(max_messages: u64, max_age_ms: u64) -> impl Fn(&TopicName) -> Retention {
+    move |_| Retention { max_messages, max_age_ms }
+}
+
+fn search(store: &dyn Store, words: &str) -> Vec<StoredHit> {
+    search_with(store, SearchQuery { words: words.to_owned(), limit: 100, ..SearchQuery::default() })
+}
+
+fn search_with(store: &dyn Store, query: SearchQuery) -> Vec<StoredHit> {
+    store.maintain(10_000).unwrap();
+    store.search(&query).unwrap()
+}
+
+/// The offsets of hits, read back from their frames.
+fn hit_offsets(hits: &[StoredHit]) -> Vec<u64> {
+    let mut v: Vec<u64> = hits
+        .iter()
+        .map(|h| serde_json::from_str::<serde_json::Value>(&h.frame).unwrap()["offset"].as_u64().unwrap())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn sorted_cursors(store: &dyn Store) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = store.cursors().unwrap().into_iter().map(|c| (c.agent, c.offset)).collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// The suite, for every store
+// ---------------------------------------------------------------------------------------
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[test] fn $name() { super::$name(super::memory_store) } )*
+        }
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(super::sqlite_store) } )*
+        }
+    };
+}
+
+conformance!(
+    read_range_returns_offsets_after_up_to_oldest_first_within_the_limit,
+    read_before_returns_the_newest_below_oldest_first,
+    unknown_topics_read_as_empty,
+    frames_are_returned_verbatim,
+    a_batch_with_a_gap_stores_nothing,
+    a_repeated_or_skipped_first_offset_is_refused,
+    a_batch_may_interleave_topics_and_offsets_continue_across_batches,
+    topics_report_first_and_last_offsets_and_the_first_epoch,
+    recent_ids_are_newest_first_and_only_client_chosen,
+    cursors_are_upserted_and_never_move_back,
+    a_refused_batch_stores_none_of_its_cursors,
+    trimming_by_count_keeps_the_newest_messages,
+    trimming_by_age_removes_messages_older_than_the_limit,
+    trimming_removes_at_most_the_budget_across_topics,
+    trimming_every_message_keeps_the_last_offset,
+    unlimited_retention_trims_nothing,
+    search_requires_every_word,
+    search_indexes_string_content_as_text_and_other_values_as_json,
+    search_ignores_the_other_fields_of_the_frame,
+    search_filters_by_topic_and_sender,
+    search_ranks_better_matches_first_with_positive_scores_and_respects_the_limit,
+    search_snippets_mark_the_match,
+    hostile_queries_are_plain_words_and_never_fail,
+    an_empty_query_finds_nothing,
+    trimmed_messages_disappear_from_search,
+    messages_trimmed_before_indexing_never_appear_in_search,
+    reads_run_while_batches_are_appended,
+    a_fresh_store_is_ready_and_empty,
+);
+
+fn read_range_returns_offsets_after_up_to_oldest_first_within_the_limit(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &numbered("t", 1, 10)).unwrap();
+    let t = topic("t");
+    assert_eq!(offsets(&store.read_range(&t, 0, 10, 100).unwrap()), (1..=10).collect::<Vec<_>>());
+    assert_eq!(offsets(&store.read_range(&t, 3, 6, 100).unwrap()), vec![4, 5, 6]);
+    assert_eq!(offsets(&store.read_range(&t, 3, 10, 2).unwrap()), vec![4, 5]);
+    assert_eq!(offsets(&store.read_range(&t, 8, u64::MAX, 100).unwrap()), vec![9, 10]);
+    assert!(store.read_range(&t, 10, 20, 100).unwrap().is_empty());
+    assert!(store.read_range(&t, 5, 5, 100).unwrap().is_empty());
+    assert!(store.read_range(&t, 0, 10, 0).unwrap().is_empty());
+}
+
+fn read_before_returns_the_newest_below_oldest_first(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &numbered("t", 1, 10)).unwrap();
+    let t = topic("t");
+    assert_eq!(offsets(&store.read_before(&t, 8, 3).unwrap()), vec![5, 6, 7]);
+    assert_eq!(offsets(&store.read_before(&t, 3, 10).unwrap()), vec![1, 2]);
+    assert_eq!(offsets(&store.read_before(&t, u64::MAX, 2).unwrap()), vec![9, 10]);
+    assert!(store.read_before(&t, 1, 10).unwrap().is_empty());
+    assert!(store.read_before(&t, 10, 0).unwrap().is_empty());
+}
+
+fn unknown_topics_read_as_empty(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &numbered("t", 1, 3)).unwrap();
+    let other = topic("other");
+    assert!(store.read_range(&other, 0, 100, 100).unwrap().is_empty());
+    assert!(store.read_before(&other, 100, 100).unwrap().is_empty());
+    assert_eq!(store.first_offset(&other).unwrap(), 0);
+}
+
+fn frames_are_returned_verbatim(make: Factory) {
+    let (store, _g) = make();
+    let odd = Msg::json("t", 1, r#" { "b" : [1, 2.50, "é\u00e9 \"q\" 🦀"] ,"a":null } "#);
+    append(&*store, std::slice::from_ref(&odd)).unwrap();
+    let read = store.read_range(&topic("t"), 0, 1, 10).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].frame.as_str(), odd.frame);
+}
+
+fn a_batch_with_a_gap_stores_nothing(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &numbered("t", 1, 2)).unwrap();
+    // One good record (t:3, a new topic u:1) and one bad (t:5).
+    let batch = vec![Msg::text("t", 3, "good"), Msg::text("u", 1, "good"), Msg::text("t", 5, "bad")];
+    match append(&*store, &batch) {
+        Err(StoreError::OutOfOrder { topic, last, got }) => assert_eq!((topic.as_str(), last, got), ("t", 3, 5)),
+        other => panic!("expected OutOfOrder, got {other:?}"),
+    }
+    assert_eq!(offsets(&store.read_range(&topic("t"), 0, 100, 100).unwrap()), vec![1, 2]);
+    assert!(store.read_range(&topic("u"), 0, 100, 100).unwrap().is_empty());
+    let topics = store.topics().unwrap();
+    assert_eq!(topics.len(), 1, "the new topic of a refused batch must not exist: {topics:?}");
+    assert_eq!(topics[0].last_offset, 2);
+    // The store's own bookkeeping was not advanced: the good records can follow now.
+    append(&*store, &[Msg::text("t", 3, "good"), Msg::text("u", 1, "good")]).unwrap();
+    assert_eq!(offsets(&store.read_range(&topic("t"), 0, 100, 100).unwrap()), vec![1, 2, 3]);
+    assert_eq!(offsets(&store.read_range(&topic("u"), 0, 100, 100).unwrap()), vec![1]);
+}
+
+fn a_repeated_or_skipped_first_offset_is_refused(make: Factory) {
+    let (store, _g) = make();
+    assert!(matches!(append(&*store, &numbered("t", 2, 3)), Err(StoreError::OutOfOrder { last: 0, got: 2, .. })));
+    assert!(matches!(append(&*store, &numbered("t", 0, 0)), Err(StoreError::OutOfOrder { last: 0, got: 0, .. })));
+    append(&*store, &numbered("t", 1, 3)).unwrap();
+    assert!(matches!(append(&*store, &numbered("t", 3, 3)), Err(StoreError::OutOfOrder { last: 3, got: 3, .. })));
+    let dup_in_batch = vec![Msg::text("t", 4, "a"), Msg::text("t", 4, "b")];
+    assert!(matches!(append(&*store, &dup_in_batch), Err(StoreError::OutOfOrder { last: 4, got: 4, .. })));
+    assert_eq!(offsets(&store.read_range(&topic("t"), 0, 100, 100).unwrap()), vec![1, 2, 3]);
+}
+
+fn a_batch_may_interleave_topics_and_offsets_continue_across_batches(make: Factory) {
+    let (store, _g) = make();
+    let batch = vec![Msg::text("a", 1, "x"), Msg::text("b", 1, "x"), Msg::text("a", 2, "x"), Msg::text("b", 2, "x")];
+    append(&*store, &batch).unwrap();
+    append(&*store, &[Msg::text("b", 3, "x"), Msg::text("a", 3, "x")]).unwrap();
+    assert_eq!(offsets(&store.read_range(&topic("a"), 0, 100, 100).unwrap()), vec![1, 2, 3]);
+    assert_eq!(offsets(&store.read_range(&topic("b"), 0, 100, 100).unwrap()), vec![1, 2, 3]);
+    // An empty batch is fine.
+    store.append(&[], &[]).unwrap();
+}
+
+fn topics_report_first_and_last_offsets_and_the_first_epoch(make: Factory) {
+    let (store, _g) = make();
+    assert!(store.topics().unwrap().is_empty());
+    append(&*store, &[Msg::text("a", 1, "x").epoch("ea"), Msg::text("@bob", 1, "x").epoch("eb")]).unwrap();
+    append(&*store, &[Msg::text("a", 2, "x").epoch("later")]).unwrap();
+    let mut topics = store.topics().unwrap();
+    topics.sort_by(|x, y| x.topic.as_str().cmp(y.topic.as_str()));
+    let seen: Vec<(&str, &str, u64, u64)> =
+        topics.iter().map(|t| (t.topic.as_str(), t.epoch.as_str(), t.first_offset, t.last_offset)).collect();
+    assert_eq!(seen, vec![("@bob", "eb", 1, 1), ("a", "ea", 1, 2)]);
+    assert_eq!(store.first_offset(&topic("a")).unwrap(), 1);
+}
+
+fn recent_ids_are_newest_first_and_only_client_chosen(make: Factory) {
+    let (store, _g) = make();
+    append(
+        &*store,
+        &[Msg::text("a", 1, "x").client_id("c1"), Msg::text("a", 2, "x"), Msg::text("b", 1, "x").client_id("c2")],
+    )
+    .unwrap();
+    append(&*store, &[Msg::text("a", 3, "x").client_id("c3"), Msg::text("a", 4, "x")]).unwrap();
+    let ids: Vec<(String, String, u64)> =
+        store.recent_ids(10).unwrap().into_iter().map(|k| (k.id, k.topic.to_string(), k.offset)).collect();
+    assert_eq!(ids, vec![("c3".into(), "a".into(), 3), ("c2".into(), "b".into(), 1), ("c1".into(), "a".into(), 1)]);
+    let two: Vec<String> = store.recent_ids(2).unwrap().into_iter().map(|k| k.id).collect();
+    assert_eq!(two, vec!["c3", "c2"]);
+}
+
+fn cursors_are_upserted_and_never_move_back(make: Factory) {
+    let (store, _g) = make();
+    let c = |agent: &str, offset| Cursor { agent: agent.to_owned(), offset };
+    store.append(&[], &[c("bob", 5), c("carol", 2)]).unwrap();
+    let msgs = numbered("@bob", 1, 1);
+    let records: Vec<Record<'_>> = msgs.iter().map(Msg::record).collect();
+    store.append(&records, &[c("bob", 3), c("carol", 7), c("dave", 1)]).unwrap();
+    assert_eq!(sorted_cursors(&*store), vec![("bob".into(), 5), ("carol".into(), 7), ("dave".into(), 1)]);
+    store.append(&[], &[c("bob", 9), c("bob", 6)]).unwrap();
+    assert_eq!(sorted_cursors(&*store)[0], ("bob".into(), 9));
+}
+
+fn a_refused_batch_stores_none_of_its_cursors(make: Factory) {
+    let (store, _g) = make();
+    let msgs = numbered("t", 2, 2);
+    let records: Vec<Record<'_>> = msgs.iter().map(Msg::record).collect();
+    let err = store.append(&records, &[Cursor { agent: "bob".into(), offset: 4 }]);
+    assert!(matches!(err, Err(StoreError::OutOfOrder { .. })));
+    assert!(store.cursors().unwrap().is_empty());
+}
+
+fn trimming_by_count_keeps_the_newest_messages(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &numbered("t", 1, 10)).unwrap();
+    append(&*store, &numbered("u", 1, 2)).unwrap();
+    assert_eq!(store.trim(&keep(3, 0), 0, 1000).unwrap(), 7);
+    assert_eq!(offsets(&store.read_range(&topic("t"), 0, 100, 100).unwrap()), vec![8, 9, 10]);
+    assert_eq!(offsets(&store.read_range(&topic("u"), 0, 100, 100).unwrap()), vec![1, 2]);
+    assert_eq!(store.first_offset(&topic("t")).unwrap(), 8);
+    let t = store.topics().unwrap().into_iter().find(|s| s.topic.as_str() == "t").unwrap();
+    assert_eq!((t.first_offset, t.last_offset), (8, 10));
+    assert_eq!(store.trim(&keep(3, 0), 0, 1000).unwrap(), 0);
+}
+
+fn trimming_by_age_removes_messages_older_than_the_limit(make: Factory) {
+    let (store, _g) = make();
+    let msgs: Vec<Msg> = (1..=4).map(|o| Msg::text("t", o, "x").ts(o as i64 * 1000)).collect();
+    append(&*store, &msgs).unwrap();
+    // At 5000 ms with a 2500 ms limit, the messages of 1000 and 2000 ms are too old.
+    assert_eq!(store.trim(&keep(0, 2500), 5000, 1000).unwrap(), 2);
+    assert_eq!(offsets(&store.read_range(&topic("t"), 0, 100, 100).unwrap()), vec![3, 4]);
+    assert_eq!(store.trim(&keep(0, 2500), 5000, 1000).unwrap(), 0);
+    // Both limits at once: whichever removes more applies.
+    assert_eq!(store.trim(&keep(1, 1_000_000), 5000, 1000).unwrap(), 1);
+    assert_eq!(store.first_offset(&topic("t")).unwrap(), 4);
+}
+
+fn trimming_removes_at_most_the_budget_across_topics(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &numbered("a", 1, 6)).unwrap();
+    append(&*store, &numbered("b", 1, 6)).unwrap();
+    // 5 + 5 to remove, 4 at a time.
+    let mut steps = Vec::new();
+    loop {
+        let n = store.trim(&keep(1, 0), 0, 4).unwrap();
+        steps.push(n);
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(steps, vec![4, 4, 2, 0]);
+    assert_eq!(offsets(&store.read_range(&topic("a"), 0, 100, 100).unwrap()), vec![6]);
+    assert_eq!(offsets(&store.read_range(&topic("b"), 0, 100, 100).unwrap()), vec![6]);
+}
+
+fn trimming_every_message_keeps_the_last_offset(make: Factory) {
+    let (store, _g) = make();
+    let msgs: Vec<Msg> = (1..=3).map(|o| Msg::text("t", o, "x").ts(0)).collect();
+    append(&*store, &msgs).unwrap();
+    assert_eq!(store.trim(&keep(0, 10), 1_000_000, 1000).unwrap(), 3);
+    let t = &store.topics().unwrap()[0];
+    assert_eq!((t.first_offset, t.last_offset, t.epoch.as_str()), (0, 3, "e1"));
+    assert_eq!(store.first_offset(&topic("t")).unwrap(), 0);
+    assert!(matches!(append(&*store, &numbered("t", 1, 1)), Err(StoreError::OutOfOrder { last: 3, .. })));
+    append(&*store, &numbered("t", 4, 4)).unwrap();
+    assert_eq!(offsets(&store.read_range(&topic("t"), 0, 100, 100).unwrap()), vec![4]);
+}
+
+fn unlimited_retention_trims_nothing(make: Factory) {
+    let (store, _g) = make();
+    let msgs: Vec<Msg> = (1..=3).map(|o| Msg::text("t", o, "x").ts(0)).collect();
+    append(&*store, &msgs).unwrap();
+    assert_eq!(store.trim(&keep(0, 0), i64::MAX, 1000).unwrap(), 0);
+    assert_eq!(store.trim(&keep(3, 0), i64::MAX, 0).unwrap(), 0);
+    assert_eq!(store.read_range(&topic("t"), 0, 100, 100).unwrap().len(), 3);
+}
+
+fn search_requires_every_word(make: Factory) {
+    let (store, _g) = make();
+    append(
+        &*store,
+        &[
+            Msg::text("t", 1, "apple banana"),
+            Msg::text("t", 2, "apple cherry"),
+            Msg::text("t", 3, "banana cherry apple"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(hit_offsets(&search(&*store, "apple")), vec![1, 2, 3]);
+    assert_eq!(hit_offsets(&search(&*store, "apple banana")), vec![1, 3]);
+    assert_eq!(hit_offsets(&search(&*store, "cherry banana apple")), vec![3]);
+    assert_eq!(hit_offsets(&search(&*store, "Cherry  APPLE")), vec![2, 3]);
+    assert!(search(&*store, "apple durian").is_empty());
+}
+
+fn search_indexes_string_content_as_text_and_other_values_as_json(make: Factory) {
+    let (store, _g) = make();
+    append(
+        &*store,
+        &[
+            Msg::text("t", 1, "say \"hello\" to the zebra"),
+            Msg::json("t", 2, r#"{"kind":"review","body":"the giraffe approves"}"#),
+            Msg::json("t", 3, r#"["walrus", 42]"#),
+            Msg::json("t", 4, "123456"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(hit_offsets(&search(&*store, "hello zebra")), vec![1]);
+    assert_eq!(hit_offsets(&search(&*store, "giraffe")), vec![2]);
+    assert_eq!(hit_offsets(&search(&*store, "kind review")), vec![2], "object keys and values are searchable");
+    assert_eq!(hit_offsets(&search(&*store, "walrus")), vec![3]);
+    assert_eq!(hit_offsets(&search(&*store, "123456")), vec![4]);
+    let hit = &search(&*store, "giraffe")[0];
+    assert!(hit.frame.contains(r#""body":"the giraffe approves""#), "the frame is returned whole: {}", hit.frame);
+}
+
+fn search_ignores_the_other_fields_of_the_frame(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &[Msg::text("topicword", 1, "plain").from("senderword")]).unwrap();
+    assert!(search(&*store, "senderword").is_empty());
+    assert!(search(&*store, "topicword").is_empty());
+    assert!(search(&*store, "message").is_empty(), "the frame type is not content");
+    assert_eq!(search(&*store, "plain").len(), 1);
+}
+
+fn search_filters_by_topic_and_sender(make: Factory) {
+    let (store, _g) = make();
+    append(
+        &*store,
+        &[
+            Msg::text("a", 1, "needle one").from("alice"),
+            Msg::text("a", 2, "needle two").from("bob"),
+            Msg::text("b", 1, "needle three").from("alice"),
+            Msg::text("b", 2, "haystack").from("bob"),
+        ],
+    )
+    .unwrap();
+    let q = |topic: Option<&str>, from: Option<&str>| SearchQuery {
+        words: "needle".into(),
+        topic: topic.map(self::topic),
+        from_agent: from.map(str::to_owned),
+        limit: 10,
+    };
+    let frames = |hits: Vec<StoredHit>| {
+        let mut v: Vec<String> = hits
+            .into_iter()
+            .map(|h| {
+                let f: serde_json::Value = serde_json::from_str(&h.frame).unwrap();
+                format!("{}:{}", f["topic"].as_str().unwrap(), f["offset"])
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(frames(search_with(&*store, q(None, None))), vec!["a:1", "a:2", "b:1"]);
+    assert_eq!(frames(search_with(&*store, q(Some("a"), None))), vec!["a:1", "a:2"]);
+    assert_eq!(frames(search_with(&*store, q(None, Some("alice")))), vec!["a:1", "b:1"]);
+    assert_eq!(frames(search_with(&*store, q(Some("b"), Some("alice")))), vec!["b:1"]);
+    assert!(search_with(&*store, q(Some("b"), Some("bob"))).is_empty());
+    assert!(search_with(&*store, q(Some("nowhere"), None)).is_empty());
+}
+
+fn search_ranks_better_matches_first_with_positive_scores_and_respects_the_limit(make: Factory) {
+    let (store, _g) = make();
+    append(
+        &*store,
+        &[
+            Msg::text("t", 1, "kiwi mango papaya guava lime"),
+            Msg::text("t", 2, "kiwi kiwi kiwi"),
+            Msg::text("t", 3, "lemon"),
+        ],
+    )
+    .unwrap();
+    let hits = search(&*store, "kiwi");
+    assert_eq!(hit_offsets(&hits[..1]), vec![2], "more occurrences rank first: {hits:?}");
+    assert_eq!(hits.len(), 2);
+    assert!(hits.iter().all(|h| h.score > 0.0 && h.score.is_finite()), "{hits:?}");
+    assert!(hits[0].score >= hits[1].score);
+    let one = search_with(&*store, SearchQuery { words: "kiwi".into(), limit: 1, ..SearchQuery::default() });
+    assert_eq!(hit_offsets(&one), vec![2]);
+    let none = search_with(&*store, SearchQuery { words: "kiwi".into(), limit: 0, ..SearchQuery::default() });
+    assert!(none.is_empty());
+}
+
+fn search_snippets_mark_the_match(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &[Msg::text("t", 1, "the quick brown fox jumps over the lazy dog")]).unwrap();
+    let hits = search(&*store, "brown");
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].snippet.contains("[brown]"), "{:?}", hits[0].snippet);
+    assert!(hits[0].snippet.contains("quick"), "{:?}", hits[0].snippet);
+}
+
+fn hostile_queries_are_plain_words_and_never_fail(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &[Msg::text("t", 1, "apple banana"), Msg::text("t", 2, "x or y")]).unwrap();
+    store.maintain(10_000).unwrap();
+    for words in [
+        "\"",
+        "\"\"",
+        "\"apple",
+        "NEAR(",
+        "NEAR(apple banana, 2)",
+        "*",
+        "apple*",
+        "a OR b",
+        "apple AND",
+        "NOT apple",
+        "-x",
+        "col:x",
+        "body:apple",
+        "{body}: apple",
+        "^apple",
+        "(",
+        ")",
+        "'",
+        "\\",
+        "+",
+        "apple\0banana",
+        "🦀",
+        "rowid = 1; DROP TABLE messages; --",
+    ] {
+        let q = SearchQuery { words: words.to_owned(), limit: 10, ..SearchQuery::default() };
+        if let Err(e) = store.search(&q) {
+            panic!("query {words:?} failed: {e}");
+        }
+    }
+    // Operators are words: "apple OR durian" needs all three.
+    assert!(search(&*store, "apple OR durian").is_empty());
+    assert_eq!(hit_offsets(&search(&*store, "x or y")), vec![2]);
+    assert_eq!(store.read_range(&topic("t"), 0, 10, 10).unwrap().len(), 2);
+}
+
+fn an_empty_query_finds_nothing(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &[Msg::text("t", 1, "apple")]).unwrap();
+    assert!(search(&*store, "").is_empty());
+    assert!(search(&*store, "   ").is_empty());
+}
+
+fn trimmed_messages_disappear_from_search(make: Factory) {
+    let (store, _g) = make();
+    let msgs: Vec<Msg> = (1..=5).map(|o| Msg::text("t", o, &format!("needle number{o}"))).collect();
+    append(&*store, &msgs).unwrap();
+    assert_eq!(hit_offsets(&search(&*store, "needle")), vec![1, 2, 3, 4, 5]);
+    assert_eq!(store.trim(&keep(2, 0), 0, 1000).unwrap(), 3);
+    assert_eq!(hit_offsets(&search(&*store, "needle")), vec![4, 5]);
+    assert!(search(&*store, "number1").is_empty());
+    // The index still works for what comes next.
+    append(&*store, &[Msg::text("t", 6, "needle number6")]).unwrap();
+    assert_eq!(hit_offsets(&search(&*store, "needle")), vec![4, 5, 6]);
+}
+
+fn messages_trimmed_before_indexing_never_appear_in_search(make: Factory) {
+    let (store, _g) = make();
+    append(&*store, &[Msg::text("t", 1, "pin early")]).unwrap();
+    assert_eq!(search(&*store, "pin").len(), 1);
+    let msgs: Vec<Msg> = (2..=6).map(|o| Msg::text("t", o, "pin late")).collect();
+    append(&*store, &msgs).unwrap();
+    // Trim before the new messages were indexed.
+    assert_eq!(store.trim(&keep(1, 0), 0, 1000).unwrap(), 5);
+    assert_eq!(hit_offsets(&search(&*store, "pin")), vec![6]);
+    assert!(search(&*store, "early").is_empty());
+}
+
+fn reads_run_while_batches_are_appended(make: Factory) {
+    let (store, _g) = make();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let got = offsets(&store.read_range(&topic("t"), 0, u64::MAX, 100_000).unwrap());
+                    assert!(got.iter().copied().eq(1..=got.len() as u64), "a read saw a partial batch");
+                    assert_eq!(got.len() % 50, 0, "a read saw a partial batch");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for batch in 0..40u64 {
+        append(&*store, &numbered("t", batch * 50 + 1, batch * 50 + 50)).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert_eq!(store.read_range(&topic("t"), 0, u64::MAX, 100_000).unwrap().len(), 2000);
+}
+
+fn a_fresh_store_is_ready_and_empty(make: Factory) {
+    let (store, _g) = make();
+    assert!(store.ready());
+    assert!(store.topics().unwrap().is_empty());
+    assert!(store.recent_ids(10).unwrap().is_empty());
+    assert!(store.cursors().unwrap().is_empty());
+    assert!(search(&*store, "anything").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// SQLite only
+// ---------------------------------------------------------------------------------------
+
+mod sqlite_only {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> SqliteStore {
+        SqliteStore::open(dir, &StoreConfig::default()).unwrap()
+    }
+
+    fn open_error(result: Result<SqliteStore, StoreError>) -> (String, String) {
+        match result {
+            Err(StoreError::Open { path, reason }) => (path, reason),
+            Err(other) => panic!("expected StoreError::Open, got {other:?}"),
+            Ok(_) => panic!("expected StoreError::Open, the store opened"),
+        }
+    }
+
+    #[test]
+    fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            append(&store, &[Msg::text("a", 1, "first words").epoch("ea").client_id("c1"), Msg::text("b", 1, "x")])
+                .unwrap();
+            append(&store, &[Msg::text("a", 2, "second words").epoch("ea"), Msg::text("b", 2, "y").client_id("c2")])
+                .unwrap();
+            store.append(&[], &[Cursor { agent: "bob".into(), offset: 7 }]).unwrap();
+            store.maintain(1).unwrap(); // half the index now, the rest after reopening
+        }
+        let store = open(dir.path());
+        let mut topics = store.topics().unwrap();
+        topics.sort_by(|x, y| x.topic.as_str().cmp(y.topic.as_str()));
+        let seen: Vec<(&str, &str, u64, u64)> =
+            topics.iter().map(|t| (t.topic.as_str(), t.epoch.as_str(), t.first_offset, t.last_offset)).collect();
+        assert_eq!(seen, vec![("a", "ea", 1, 2), ("b", "e1", 1, 2)]);
+        let ids: Vec<String> = store.recent_ids(10).unwrap().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, vec!["c2", "c1"]);
+        assert_eq!(sorted_cursors(&store), vec![("bob".into(), 7)]);
+        assert_eq!(hit_offsets(&search(&store, "words")), vec![1, 2]);
+        // Offsets continue where they stopped.
+        assert!(matches!(append(&store, &numbered("a", 4, 4)), Err(StoreError::OutOfOrder { last: 2, .. })));
+        append(&store, &numbered("a", 3, 3)).unwrap();
+        assert_eq!(offsets(&store.read_range(&topic("a"), 0, 10, 10).unwrap()), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_last_offset_of_a_trimmed_topic_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            append(&store, &numbered("t", 1, 5)).unwrap();
+            store.maintain(10_000).unwrap();
+            assert_eq!(store.trim(&keep(0, 1), i64::MAX, 100).unwrap(), 5);
+        }
+        let store = open(dir.path());
+        assert_eq!(store.topics().unwrap()[0].last_offset, 5);
+        append(&store, &[Msg::text("t", 6, "after reopening")]).unwrap();
+        assert_eq!(hit_offsets(&search(&store, "reopening")), vec![6]);
+        assert!(search(&store, "message").is_empty());
+    }
+
+    #[test]
+    fn the_database_and_its_folders_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("deep").join("er");
+        let store = open(&data);
+        append(&store, &numbered("t", 1, 1)).unwrap();
+        assert!(data.join("agentbus.db").is_file());
+    }
+
+    #[test]
+    fn a_garbage_database_file_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage: Vec<u8> = (0..16_384u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(dir.path().join("agentbus.db"), garbage).unwrap();
+        let (path, reason) = open_error(SqliteStore::open(dir.path(), &StoreConfig::default()));
+        assert!(path.ends_with("agentbus.db"), "{path}");
+        assert!(!reason.is_empty() && !reason.contains('\n'), "{reason:?}");
+    }
+
+    #[test]
+    fn a_text_file_in_place_of_the_database_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("agentbus.db"), "this is not a database\n".repeat(100)).unwrap();
+        open_error(SqliteStore::open(dir.path(), &StoreConfig::default()));
+    }
+
+    #[test]
+    fn a_data_folder_under_a_regular_file_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let (_, reason) = open_error(SqliteStore::open(&file.join("data"), &StoreConfig::default()));
+        assert!(!reason.contains('\n'), "{reason:?}");
+    }
+
+    #[test]
+    fn a_folder_in_place_of_the_database_file_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("agentbus.db")).unwrap();
+        open_error(SqliteStore::open(dir.path(), &StoreConfig::default()));
+    }
+
+    #[test]
+    fn a_database_from_a_newer_version_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        let conn = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let (_, reason) = open_error(SqliteStore::open(dir.path(), &StoreConfig::default()));
+        assert!(reason.contains("99"), "{reason}");
+    }
+
+    #[test]
+    fn a_foreign_database_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
+        conn.execute_batch("CREATE TABLE other (x)").unwrap();
+        drop(conn);
+        open_error(SqliteStore::open(dir.path(), &StoreConfig::default()));
+    }
+
+    #[test]
+    fn full_sync_mode_stores_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { sync: SyncMode::Full, ..StoreConfig::default() };
+        let store = SqliteStore::open(dir.path(), &config).unwrap();
+        append(&store, &numbered("t", 1, 3)).unwrap();
+        assert_eq!(store.read_range(&topic("t"), 0, 10, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_full_database_refuses_batches_and_keeps_what_it_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { max_size_bytes: 128 * 1024, ..StoreConfig::default() };
+        let store = SqliteStore::open(dir.path(), &config).unwrap();
+        let filler = "z".repeat(1000);
+        let mut stored = 0u64;
+        let mut full = None;
+        for _ in 0..100 {
+            let batch: Vec<Msg> =
+                (stored + 1..=stored + 8).map(|o| Msg::text("t", o, &format!("blob{o} {filler}"))).collect();
+            match append(&store, &batch) {
+                Ok(()) => {
+                    stored += 8;
+                    // The writer indexes between batches; the index may hit the cap first.
+                    let _ = store.maintain(10_000);
+                }
+                Err(e) => {
+                    full = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(matches!(full, Some(StoreError::Full(_))), "expected Full, got {full:?} after {stored} messages");
+        assert!(stored > 0, "the cap left no room at all");
+        assert!(store.ready());
+        let read = store.read_range(&topic("t"), 0, u64::MAX, 10_000).unwrap();
+        assert_eq!(offsets(&read), (1..=stored).collect::<Vec<_>>());
+        assert!(read.iter().all(|s| s.frame.as_str().contains(&filler)));
+        assert_eq!(store.topics().unwrap()[0].last_offset, stored);
+        // A refused batch left nothing behind: the next offset is still stored + 1, and
+        // once retention makes room, appends succeed again.
+        assert!(store.trim(&keep(8, 0), 0, 10_000).unwrap() > 0);
+        append(&store, &[Msg::text("t", stored + 1, "fits again")]).unwrap();
+        assert_eq!(store.read_range(&topic("t"), stored, u64::MAX, 10).unwrap().len(), 1);
+        while store.maintain(10_000).unwrap() > 0 {}
+        assert_eq!(hit_offsets(&search(&store, "fits")), vec![stored + 1]);
+        assert_eq!(search(&store, "blob1").len(), 0);
+    }
+
+    #[test]
+    fn indexing_proceeds_in_budgeted_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&store, &numbered("t", 1, 5)).unwrap();
+        assert_eq!(store.maintain(3).unwrap(), 3);
+        assert_eq!(
+            store.search(&SearchQuery { words: "message".into(), limit: 10, ..Default::default() }).unwrap().len(),
+            3
+        );
+        assert_eq!(store.maintain(3).unwrap(), 2);
+        assert_eq!(store.maintain(3).unwrap(), 0);
+        assert_eq!(store.maintain(0).unwrap(), 0);
+        assert_eq!(search(&store, "message").len(), 5);
+    }
+
+    #[test]
+    fn the_search_index_stays_consistent_with_the_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for batch in 0..10u64 {
+            let msgs: Vec<Msg> = (batch * 20 + 1..=batch * 20 + 20)
+                .map(|o| Msg::text(if o % 2 == 0 { "even" } else { "odd" }, o / 2 + o % 2, &format!("word{o} common")))
+                .collect();
+            let (even, odd): (Vec<Msg>, Vec<Msg>) = msgs.into_iter().partition(|m| m.topic.as_str() == "even");
+            append(&store, &even).unwrap();
+            append(&store, &odd).unwrap();
+            store.maintain(7).unwrap();
+            store.trim(&keep(25, 0), 0, 13).unwrap();
+        }
+        while store.maintain(1000).unwrap() > 0 {}
+        while store.trim(&keep(25, 0), 0, 1000).unwrap() > 0 {}
+        assert_eq!(search(&store, "common").len(), 50);
+        let conn = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
+        // With rank 1, FTS5 also checks the index against its content (the messages).
+        conn.execute("INSERT INTO search (search, rank) VALUES ('integrity-check', 1)", []).unwrap();
+    }
+}
