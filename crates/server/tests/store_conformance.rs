@@ -393,6 +393,8 @@ fn trimming_every_message_keeps_the_last_offset(make: Factory) {
     let t = &store.topics().unwrap()[0];
     assert_eq!((t.first_offset, t.last_offset, t.epoch.as_str()), (0, 3, "e1"));
     assert_eq!(store.first_offset(&topic("t")).unwrap(), 0);
+    assert_eq!(store.last_offset(&topic("t")).unwrap(), 3);
+    assert_eq!(store.last_offset(&topic("never")).unwrap(), 0);
     assert!(matches!(append(&*store, &numbered("t", 1, 1)), Err(StoreError::OutOfOrder { last: 3, .. })));
     append(&*store, &numbered("t", 4, 4)).unwrap();
     assert_eq!(offsets(&store.read_range(&topic("t"), 0, 100, 100).unwrap()), vec![4]);

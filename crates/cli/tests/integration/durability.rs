@@ -178,6 +178,20 @@ async fn retention_trims_in_the_background_and_recovery_reports_the_gap() {
         .await
         .unwrap();
     assert_eq!(page["recovered"], false);
+    let ahead: Value = reqwest::get(format!("{}/v1/topics/short/messages?after=99", server.http_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ahead["recovered"], false, "an offset from another history is not a recovery");
+    let tip: Value = reqwest::get(format!("{}/v1/topics/short/messages?after=20", server.http_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tip["recovered"], true, "nothing is missing after the last offset");
     assert_eq!(c.publish("short", json!(21)).await["offset"], 21, "offsets continue after trimming");
 }
 

@@ -129,10 +129,11 @@ pub(super) async fn history(
                 None => store.read_before(&topic, before.unwrap_or(u64::MAX), limit)?,
             };
             let first = store.first_offset(&topic)?;
-            Ok((messages, first))
+            let last = store.last_offset(&topic)?;
+            Ok((messages, first, last))
         })
     };
-    let (mut messages, mut first) = read(&shared).await?;
+    let (mut messages, mut first, mut last_stored) = read(&shared).await?;
     if messages.is_empty()
         && !wait.is_zero()
         && let Some(after) = after
@@ -144,7 +145,7 @@ pub(super) async fn history(
             _ = tokio::time::timeout(wait, rx) => {}
             _ = shutdown.changed() => {}
         }
-        (messages, first) = read(&shared).await?;
+        (messages, first, last_stored) = read(&shared).await?;
     }
     let raw: Vec<&RawValue> = messages.iter().filter_map(|m| serde_json::from_str(m.frame.as_str()).ok()).collect();
     let last = messages.last().map(|m| m.offset);
@@ -155,7 +156,10 @@ pub(super) async fn history(
     });
     if let Some(after) = after {
         // Complete unless retention already dropped messages right after `after`.
-        let recovered = first == 0 || first <= after + 1 || messages.first().is_some_and(|m| m.offset == after + 1);
+        let recovered = after <= last_stored
+            && (last_stored == after
+                || (first != 0 && first <= after + 1)
+                || messages.first().is_some_and(|m| m.offset == after + 1));
         body["recovered"] = serde_json::Value::Bool(recovered);
     }
     Ok(Json(body).into_response())

@@ -147,6 +147,10 @@ impl Store for MemoryStore {
         Ok(self.read().topics.get(topic).and_then(|t| t.messages.front()).map_or(0, |e| e.offset))
     }
 
+    fn last_offset(&self, topic: &TopicName) -> Result<u64, StoreError> {
+        Ok(self.read().topics.get(topic).map_or(0, |t| t.last))
+    }
+
     fn recent_ids(&self, limit: usize) -> Result<Vec<KnownId>, StoreError> {
         Ok(self.read().ids.iter().rev().take(limit).cloned().collect())
     }

@@ -158,6 +158,9 @@ pub trait Store: Send + Sync + 'static {
     /// The oldest stored offset of a topic (0 when it holds nothing).
     fn first_offset(&self, topic: &TopicName) -> Result<u64, StoreError>;
 
+    /// The newest offset ever stored in a topic (0 when none), even if trimmed since.
+    fn last_offset(&self, topic: &TopicName) -> Result<u64, StoreError>;
+
     /// The most recent client-chosen ids, newest first, at most `limit`.
     fn recent_ids(&self, limit: usize) -> Result<Vec<KnownId>, StoreError>;
 

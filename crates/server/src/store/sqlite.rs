@@ -118,6 +118,8 @@ const TOPICS: &str = "SELECT name, epoch, last_offset, \
 
 const FIRST_OFFSET: &str = "SELECT min(offset) FROM messages WHERE topic_id = (SELECT id FROM topics WHERE name = ?1)";
 
+const LAST_OFFSET: &str = "SELECT last_offset FROM topics WHERE name = ?1";
+
 const RECENT_IDS: &str = "SELECT m.id, t.name, m.offset FROM messages AS m CROSS JOIN topics AS t \
      ON t.id = m.topic_id WHERE m.client_id = 1 ORDER BY m.seq DESC LIMIT ?1";
 
@@ -566,6 +568,17 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let first = conn.prepare_cached(FIRST_OFFSET)?.query_row([topic.as_str()], |r| get_opt_u64(r, 0))?;
             Ok(first.unwrap_or(0))
+        })
+    }
+
+    fn last_offset(&self, topic: &TopicName) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(LAST_OFFSET)?;
+            let mut rows = stmt.query([topic.as_str()])?;
+            match rows.next()? {
+                Some(row) => get_u64(row, 0),
+                None => Ok(0),
+            }
         })
     }
 
