@@ -115,8 +115,12 @@ async fn subscribe_since_from_another_history_is_reported_as_not_recovered() {
     assert_eq!(sub["recovered"], false);
     assert_eq!(s.recv().await["offset"], 1, "the whole current history is replayed");
     let mut e = server.connect().await;
-    e.send(json!({"type":"subscribe","topic":"t","since":0,"epoch":"some-other-epoch"})).await;
+    e.send(json!({"type":"subscribe","topic":"t","since":1,"epoch":"some-other-epoch"})).await;
     assert_eq!(e.recv_type("subscribed").await["recovered"], false);
+    assert_eq!(e.recv().await["offset"], 1, "the whole current history is replayed");
+    let mut zero = server.connect().await;
+    zero.send(json!({"type":"subscribe","topic":"t","since":0,"epoch":"some-other-epoch"})).await;
+    assert_eq!(zero.recv_type("subscribed").await["recovered"], true, "a full replay from 0 loses nothing");
 }
 
 #[tokio::test]

@@ -456,7 +456,9 @@ impl Broker {
         let epoch = t.epoch.to_string();
         let (after, newest, recovery, reset) = match frame.since {
             Some(since) => {
-                let other_history = frame.epoch.as_deref().is_some_and(|e| e != epoch) || since > committed;
+                // Offsets from another history mean nothing here (a full replay from 0 is safe).
+                let other_history =
+                    since > committed || (since > 0 && frame.epoch.as_deref().is_some_and(|e| e != epoch));
                 if other_history { (0, None, true, true) } else { (since, None, true, false) }
             }
             None => match frame.history.unwrap_or(agentbus_protocol::DEFAULT_HISTORY) {
