@@ -1,5 +1,10 @@
 //! `agentbus`: the server and the tools around it in one command.
 
+mod bench;
+mod daemon;
+mod key;
+mod oneshot;
+mod pidfile;
 mod serve;
 
 use std::process::ExitCode;
@@ -18,12 +23,42 @@ struct Cli {
 enum Command {
     /// Run the server in the foreground.
     Serve(serve::ServeArgs),
+    /// Start the server in the background (PID and log files in the data folder).
+    Start(serve::ServeArgs),
+    /// Print a new random key and its SHA-256 for the `[auth]` configuration.
+    Key,
+    /// Stop the background server gracefully.
+    Stop(daemon::DataArgs),
+    /// Say whether the server runs (exit 0) or not (exit 3), with PID, URL and uptime.
+    Status(daemon::DataArgs),
+    /// Load-test a server: throughput, latency percentiles, loss, CPU and memory.
+    Bench(bench::BenchArgs),
+    /// Publish one message (prints the transport that carried it and the offset).
+    Send(oneshot::SendArgs),
+    /// Follow topics and print their messages as they arrive.
+    Listen(oneshot::ListenArgs),
+    /// Print the newest messages of a topic (from the local board without a server).
+    History(oneshot::HistoryArgs),
+    /// Full-text search over stored messages (the local board's without a server).
+    Search(oneshot::SearchArgs),
+    /// List the agents online.
+    Agents(oneshot::AgentsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Start(args) => daemon::start(args),
+        Command::Stop(args) => daemon::stop(args),
+        Command::Key => key::run(),
+        Command::Status(args) => daemon::status(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Send(args) => oneshot::send(args),
+        Command::Listen(args) => oneshot::listen(args),
+        Command::History(args) => oneshot::history(args),
+        Command::Search(args) => oneshot::search(args),
+        Command::Agents(args) => oneshot::agents(args),
     };
     match result {
         Ok(code) => code,

@@ -54,11 +54,10 @@ async fn the_seed_client_script_runs_unchanged() {
         while let Ok(Some(line)) = lines.next_line().await {
             seen.push(line);
             let has = |s: &str| seen.iter().any(|l| l.contains(s));
-            if has(r#""type": "ack""#) || has(r#""type":"ack""#) {
-                if seen.iter().any(|l| l.contains(r#""type":"message""#) && l.contains("Hello from remote!")) {
+            if (has(r#""type": "ack""#) || has(r#""type":"ack""#))
+                && seen.iter().any(|l| l.contains(r#""type":"message""#) && l.contains("Hello from remote!")) {
                     return true;
                 }
-            }
         }
         false
     })

@@ -107,9 +107,7 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
     let server = TestServer::builder().ephemeral().start().await;
     let mut c = server.connect().await;
     let payload = vec![b'{', 0xff, 0xfe, b'}'];
-    let mut header = FrameHeader::default();
-    header.opcode = OpCode::Data(Data::Text);
-    header.is_final = true;
+    let header = FrameHeader { opcode: OpCode::Data(Data::Text), is_final: true, ..FrameHeader::default() };
     c.send_raw(Message::Frame(Frame::from_payload(header, payload.into()))).await;
     assert_eq!(c.closed().await, Some(1007));
 }

@@ -2,12 +2,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod client;
 mod compat;
 mod durability;
 mod errors;
 mod http;
 mod lifecycle;
 mod observability;
+mod security;
 mod ui;
 mod ws;
 

@@ -67,13 +67,11 @@ async fn start_browser() -> Driver {
 async fn wait_for_text(c: &Client, css: &str, needle: &str) -> String {
     let start = Instant::now();
     loop {
-        if let Ok(el) = c.find(Locator::Css(css)).await {
-            if let Ok(text) = el.text().await {
-                if text.contains(needle) {
+        if let Ok(el) = c.find(Locator::Css(css)).await
+            && let Ok(text) = el.text().await
+                && text.contains(needle) {
                     return text;
                 }
-            }
-        }
         assert!(start.elapsed() < TIMEOUT, "{css} never showed {needle:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
