@@ -74,9 +74,10 @@ pub fn start(args: ServeArgs) -> anyhow::Result<ExitCode> {
             bail!("the server exited at start ({status}); see {}:\n{}", log.display(), tail(&log, 5));
         }
         if let Some(info) = pidfile::read(&data).filter(|i| i.pid == pid)
-            && http_get(&info, "/healthz").is_ok_and(|(code, _)| code == 200) {
-                break info;
-            }
+            && http_get(&info, "/healthz").is_ok_and(|(code, _)| code == 200)
+        {
+            break info;
+        }
         if started.elapsed() > START_TIMEOUT {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             bail!("the server did not become healthy in {:?}; see {}", START_TIMEOUT, log.display());

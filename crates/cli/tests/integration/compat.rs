@@ -55,9 +55,10 @@ async fn the_seed_client_script_runs_unchanged() {
             seen.push(line);
             let has = |s: &str| seen.iter().any(|l| l.contains(s));
             if (has(r#""type": "ack""#) || has(r#""type":"ack""#))
-                && seen.iter().any(|l| l.contains(r#""type":"message""#) && l.contains("Hello from remote!")) {
-                    return true;
-                }
+                && seen.iter().any(|l| l.contains(r#""type":"message""#) && l.contains("Hello from remote!"))
+            {
+                return true;
+            }
         }
         false
     })

@@ -69,9 +69,10 @@ async fn wait_for_text(c: &Client, css: &str, needle: &str) -> String {
     loop {
         if let Ok(el) = c.find(Locator::Css(css)).await
             && let Ok(text) = el.text().await
-                && text.contains(needle) {
-                    return text;
-                }
+            && text.contains(needle)
+        {
+            return text;
+        }
         assert!(start.elapsed() < TIMEOUT, "{css} never showed {needle:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
