@@ -331,3 +331,37 @@ async fn hostile_input_never_crashes_or_wedges_the_server() {
     assert_eq!(reqwest::get(format!("{}/healthz", server.http_url())).await.unwrap().status(), 200);
     assert!(!server.log().contains("panicked"));
 }
+
+#[tokio::test]
+async fn the_client_speaks_wss_to_a_tls_server_it_trusts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = certificate(dir.path());
+    let config = format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string());
+    let server = TestServer::builder().ephemeral().config(&config).start().await;
+    let url = format!("wss://localhost:{}", server.addr().rsplit(':').next().unwrap());
+    let board = dir.path().join("board.db");
+    let run = |args: Vec<String>| {
+        let (cert, board) = (cert.clone(), board.clone());
+        async move {
+            let out = tokio::process::Command::new(agentbus_testkit::agentbus_bin())
+                .args(&args)
+                .arg("--board")
+                .arg(&board)
+                .env("SSL_CERT_FILE", &cert)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, out, err) =
+        run(vec!["send".into(), "tls-topic".into(), "over tls".into(), "--url".into(), url.clone()]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("websocket"), "{out}");
+    let (ok, out, err) = run(vec!["history".into(), "tls-topic".into(), "--url".into(), url]).await;
+    assert!(ok && out.contains("over tls"), "{out}{err}");
+}
