@@ -1,6 +1,8 @@
 //! `agentbus`: the server and the tools around it in one command.
 
+mod agents;
 mod bench;
+mod chat;
 mod daemon;
 mod key;
 mod oneshot;
@@ -43,6 +45,12 @@ enum Command {
     Search(oneshot::SearchArgs),
     /// List the agents online.
     Agents(oneshot::AgentsArgs),
+    /// Chat with the agents on a topic (the orchestrator's by default), as a person.
+    Chat(chat::ChatArgs),
+    /// Run the example orchestrator agent: introduces the agents online and routes `@agent` requests.
+    Orchestrator(agents::orchestrator::OrchestratorArgs),
+    /// Run the example worker agent: counts the words of each direct message.
+    Worker(agents::worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +67,9 @@ fn main() -> ExitCode {
         Command::History(args) => oneshot::history(args),
         Command::Search(args) => oneshot::search(args),
         Command::Agents(args) => oneshot::agents(args),
+        Command::Chat(args) => chat::run(args),
+        Command::Orchestrator(args) => agents::orchestrator::run(args),
+        Command::Worker(args) => agents::worker::run(args),
     };
     match result {
         Ok(code) => code,

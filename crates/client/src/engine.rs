@@ -1270,6 +1270,8 @@ impl Engine {
         };
         self.current = Some(t);
         tracing::info!(transport = %t, "Using '{t}' transport");
+        // Publish the transport before `connect()` returns, so `transport()` is set then.
+        let _ = self.state.send(Some(t));
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(Ok(t));
             self.emit(Event::Connected { transport: t });
@@ -1282,7 +1284,6 @@ impl Engine {
             self.emit(Event::TransportChanged { from: prev, to: t });
         }
         self.last_used = Some(t);
-        let _ = self.state.send(Some(t));
         self.down_since = None;
         self.timers.reconnect = None;
         self.reconnect.reset();

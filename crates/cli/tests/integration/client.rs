@@ -509,3 +509,13 @@ async fn listen_prints_one_json_message_per_line_and_send_prints_the_transport()
     );
     listen.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transport_is_known_as_soon_as_connect_returns() {
+    let server = TestServer::builder().ephemeral().start().await;
+    for i in 0..50 {
+        let c = Client::builder(server.ws_url()).agent_id(format!("t{i}")).connect().await.unwrap();
+        assert!(c.transport().is_some(), "connect {i} returned before the transport was set");
+        c.close().await.unwrap();
+    }
+}

@@ -10,6 +10,7 @@ mod http;
 mod lifecycle;
 mod observability;
 mod security;
+mod tools;
 mod ui;
 mod ws;
 
