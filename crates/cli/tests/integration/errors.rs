@@ -114,8 +114,10 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
 
 #[tokio::test]
 async fn a_stalled_reader_is_closed_as_a_slow_consumer_while_others_get_everything() {
-    // The default 4 MiB outbox: the healthy reader is paced to stay within ~1 MiB of it.
-    let server = TestServer::builder().ephemeral().start().await;
+    // SQLite keeps the history on disk, so the server's memory shows only what it buffers
+    // for its readers; the default 4 MiB outbox, and the healthy reader stays within
+    // ~1 MiB of the publisher.
+    let server = TestServer::start().await;
     let mut stalled = server.connect().await;
     stalled.register("stalled").await;
     stalled.subscribe("flood").await;
@@ -164,7 +166,23 @@ async fn a_stalled_reader_is_closed_as_a_slow_consumer_while_others_get_everythi
             None => break None,
         }
     };
-    assert_eq!(code, Some(4008));
-    assert!(saw_error && last_offset < total, "closed after offset {last_offset}");
-    assert!(server.log().contains("slow consumer"));
+    // If the reader resumes in time it reads the error and the 4008 close; a reader still
+    // stalled 30 s into a full socket is dropped without one.
+    assert!(code == Some(4008) || code.is_none(), "close code {code:?}");
+    assert!(code.is_none() || saw_error);
+    assert!(last_offset < total, "the stalled reader was cut off (after offset {last_offset})");
+    let log = server.log();
+    assert!(log.contains("slow consumer") && log.contains("agent=stalled"), "the log names the agent");
+    // Nothing like the 100 MB that flowed was ever held for the stalled reader.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid().unwrap())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(peak_kib < 96 * 1024, "server peak memory {peak_kib} KiB");
 }

@@ -587,7 +587,13 @@ impl Broker {
                 Ok(()) => delivered += 1,
                 Err(PushError::Overflow) => {
                     self.metrics.slow_consumers.inc();
-                    tracing::warn!(conn, topic = %p.topic, "slow consumer: connection {conn} fell behind and is closed");
+                    let agent = self.conns.get(conn).and_then(|c| c.agent.as_ref()).map_or("-", |a| a.as_str());
+                    tracing::warn!(
+                        conn,
+                        agent,
+                        topic = %p.topic,
+                        "slow consumer: agent '{agent}' (connection {conn}) fell behind and is closed"
+                    );
                 }
                 Err(PushError::Gone) => {}
             }
