@@ -157,35 +157,32 @@ impl Outbox {
     /// there is something or the outbox is overflowed or closed. Cancel-safe.
     pub async fn drain(&self, into: &mut VecDeque<Outgoing>) -> OutboxState {
         loop {
-            {
-                let mut state = self.lock();
-                if state.status == OutboxState::SlowConsumer {
-                    return OutboxState::SlowConsumer;
-                }
-                if !state.items.is_empty() {
-                    std::mem::swap(&mut state.items, into);
-                    state.bytes = 0;
-                    return OutboxState::Open;
-                }
-                if state.status == OutboxState::Closed {
-                    return OutboxState::Closed;
-                }
+            if let Some(state) = self.take(into) {
+                return state;
             }
             self.notify.notified().await;
         }
     }
 
-    /// Takes whatever is queued now, without waiting.
+    /// Takes whatever is queued now, without waiting (`Open` when there was nothing).
     pub fn try_drain(&self, into: &mut VecDeque<Outgoing>) -> OutboxState {
+        self.take(into).unwrap_or(OutboxState::Open)
+    }
+
+    /// Moves the queue into `into` and says what the consumer must do next: `None` when
+    /// the outbox is open and empty (wait).
+    fn take(&self, into: &mut VecDeque<Outgoing>) -> Option<OutboxState> {
         let mut state = self.lock();
         if state.status == OutboxState::SlowConsumer {
-            return OutboxState::SlowConsumer;
+            return Some(OutboxState::SlowConsumer);
         }
         if !state.items.is_empty() {
             std::mem::swap(&mut state.items, into);
             state.bytes = 0;
+            // Items queued before a close still go out; the close is seen next time.
+            return Some(OutboxState::Open);
         }
-        state.status
+        (state.status == OutboxState::Closed).then_some(OutboxState::Closed)
     }
 }
 
