@@ -42,6 +42,9 @@ const READ_BURST: usize = 64;
 /// never pins a task and its buffers.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 
+/// How long a server-initiated close waits for the client's closing frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Bounds a socket operation by [`WRITE_STALL`].
 async fn bounded<T>(
     op: impl std::future::Future<Output = Result<T, tungstenite::Error>>,
@@ -174,7 +177,18 @@ where
 
     async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), tungstenite::Error> {
         let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
-        bounded(self.ws.send(Message::Close(Some(frame)))).await
+        bounded(self.ws.send(Message::Close(Some(frame)))).await?;
+        // Wait briefly for the client's closing frame, so the close is a clean handshake
+        // and not a reset that could cost the client frames still in flight.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(msg)) = self.ws.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+        Ok(())
     }
 
     async fn write_batch(&mut self, batch: &mut VecDeque<Outgoing>) -> Result<(), tungstenite::Error> {

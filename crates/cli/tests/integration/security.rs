@@ -365,3 +365,22 @@ async fn the_client_speaks_wss_to_a_tls_server_it_trusts() {
     let (ok, out, err) = run(vec!["history".into(), "tls-topic".into(), "--url".into(), url]).await;
     assert!(ok && out.contains("over tls"), "{out}{err}");
 }
+
+#[tokio::test]
+async fn a_slow_handshake_and_a_silent_connection_are_closed() {
+    let server = TestServer::builder()
+        .ephemeral()
+        .config("[limits]\nhandshake_timeout_secs = 1\nping_interval_secs = 1\n")
+        .start()
+        .await;
+    // Half a request head, then nothing: the server hangs up after the handshake timeout.
+    let mut slow = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(TIMEOUT, slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server closed the half-open request");
+    // A WebSocket client that answers nothing (not even pings) is closed as idle.
+    let mut quiet = server.connect().await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(quiet.closed().await, Some(1001));
+}
