@@ -1,0 +1,101 @@
+//! Criterion benchmarks of the hot functions, so regressions show:
+//! frame decoding, encode-once message drafts, topic routing, and a broker publish
+//! fanned out to 100 subscribers' outboxes.
+//!
+//! Run: `cargo bench -p agentbus-server --bench hot_paths`.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use agentbus_protocol::{ClientFrame, MessageDraft, ParseLimits, SubscribeFrame, TopicName};
+use agentbus_server::broker::{Broker, BrokerOptions, Command, Publish, Reply};
+use agentbus_server::config::pattern_matches;
+use agentbus_server::metrics::Metrics;
+use agentbus_server::outbox::Outbox;
+use agentbus_server::store::writer::{FromWriter, ToWriter};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const SEND: &str = r#"{"type":"send","topic":"orchestrator","content":"Hello from remote! A message of about a hundred bytes in all.","from_agent":"test-agent","to_agent":"board","ref":17}"#;
+
+fn decode(c: &mut Criterion) {
+    let limits = ParseLimits::default();
+    let mut g = c.benchmark_group("frame");
+    g.throughput(Throughput::Bytes(SEND.len() as u64));
+    g.bench_function("decode_send", |b| b.iter(|| ClientFrame::parse(black_box(SEND), &limits).unwrap()));
+    g.bench_function("decode_invalid", |b| b.iter(|| ClientFrame::parse(black_box("{\"type\":1}"), &limits).is_err()));
+    g.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let (ClientFrame::Send(send), _) = ClientFrame::parse(SEND, &ParseLimits::default()).unwrap() else { panic!() };
+    let topic = send.destination();
+    c.bench_function("encode_draft_and_finish", |b| {
+        b.iter(|| {
+            let draft = MessageDraft::new(&topic, "mx5hm31-1f", "2026-11-26T06:07:29.803Z", "test-agent", &send);
+            black_box(draft.finish(black_box(123_456)))
+        })
+    });
+}
+
+fn routing(c: &mut Criterion) {
+    c.bench_function("topic_validate", |b| b.iter(|| TopicName::new(black_box("code.review/team-a:42")).unwrap()));
+    c.bench_function("pattern_match", |b| {
+        b.iter(|| pattern_matches(black_box("code.*/team-*"), black_box("code.review/team-a")))
+    });
+}
+
+/// A publish through the broker: offset, encode-once finish, commit report, and the
+/// fan-out of one shared frame to 100 outboxes (drained each round, as connections do).
+fn fanout(c: &mut Criterion) {
+    let options = BrokerOptions {
+        server_name: "bench".into(),
+        boot_epoch: "e".into(),
+        dedupe_window: 1000,
+        max_subscriptions: 10,
+        max_waiters: 10,
+    };
+    let mut broker = Broker::new(options, Vec::new(), Vec::new(), Vec::new(), Arc::new(Metrics::new()));
+    let topic = TopicName::new("orchestrator").unwrap();
+    let outboxes: Vec<Arc<Outbox>> = (0..100).map(|_| Arc::new(Outbox::new(1 << 24))).collect();
+    for (conn, outbox) in outboxes.iter().enumerate() {
+        broker.handle(Command::Open { conn: conn as u64, outbox: outbox.clone() });
+        let frame = SubscribeFrame { topic: topic.clone(), history: Some(0), since: None, epoch: None };
+        broker.handle(Command::Subscribe { conn: conn as u64, frame, reference: None });
+    }
+    let publisher = Arc::new(Outbox::new(1 << 24));
+    let (ClientFrame::Send(send), _) = ClientFrame::parse(SEND, &ParseLimits::default()).unwrap() else { panic!() };
+    let draft = MessageDraft::new(&topic, "id", "2026-11-26T06:07:29.803Z", "test-agent", &send);
+    let mut sink = VecDeque::new();
+    let mut g = c.benchmark_group("broker");
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("publish_fanout_100", |b| {
+        b.iter(|| {
+            broker.handle(Command::Publish(Box::new(Publish {
+                topic: topic.clone(),
+                id: "id".into(),
+                client_id: false,
+                from_agent: "test-agent".into(),
+                timestamp_ms: 0,
+                received: Instant::now(),
+                draft: draft.clone(),
+                origin: Reply::Outbox(publisher.clone(), None),
+            })));
+            let Some(ToWriter::Batch(batch)) = broker.take_write() else { panic!("a batch") };
+            broker.on_writer(FromWriter::Done { batches: vec![batch], result: Ok(()), records: 1 });
+            for outbox in &outboxes {
+                outbox.try_drain(&mut sink);
+                sink.clear();
+            }
+            publisher.try_drain(&mut sink);
+            sink.clear();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, encode, routing, fanout);
+criterion_main!(benches);
