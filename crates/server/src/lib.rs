@@ -30,6 +30,7 @@ pub use config::Config;
 use crate::broker::{Broker, BrokerOptions};
 use crate::config::pattern_matches;
 use crate::shared::Shared;
+use crate::store::indexer;
 use crate::store::writer::{self, RetentionFn, ToWriter};
 use crate::store::{Retention, Store, StoreError};
 
@@ -117,9 +118,10 @@ pub async fn serve_with_store(
     let (done_tx, done_rx) = mpsc::channel(writer::WRITER_QUEUE);
     let writer_thread = {
         let (store, retention) = (store.clone(), retention_fn(&config));
+        let indexer = indexer::start(store.clone())?;
         std::thread::Builder::new()
             .name("agentbus-writer".into())
-            .spawn(move || writer::run(store, writer_rx, done_tx, retention))?
+            .spawn(move || writer::run(store, writer_rx, done_tx, retention, indexer))?
     };
     let ticker = writer_tx.downgrade();
     tokio::spawn(async move {

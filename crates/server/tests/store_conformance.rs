@@ -841,8 +841,91 @@ mod sqlite_only {
         while store.maintain(1000).unwrap() > 0 {}
         while store.trim(&keep(25, 0), 0, 1000).unwrap() > 0 {}
         assert_eq!(search(&store, "common").len(), 50);
+        // Caught up, a step purges the entries of trimmed messages.
+        assert_eq!(store.maintain(1000).unwrap(), 0);
+        let index = rusqlite::Connection::open(dir.path().join("agentbus-search.db")).unwrap();
+        index.execute("INSERT INTO search (search, rank) VALUES ('integrity-check', 1)", []).unwrap();
+        let entries: i64 = index.query_row("SELECT count(*) FROM search", [], |r| r.get(0)).unwrap();
+        assert_eq!(entries, 50);
+    }
+
+    #[test]
+    fn a_missing_or_damaged_search_index_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("agentbus-search.db");
+        {
+            let store = open(dir.path());
+            append(&store, &numbered("t", 1, 3)).unwrap();
+            assert_eq!(search(&store, "message").len(), 3);
+        }
+        std::fs::remove_file(&index).unwrap();
+        {
+            let store = open(dir.path());
+            assert_eq!(search(&store, "message").len(), 3);
+        }
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("agentbus-search.db{suffix}")));
+        }
+        std::fs::write(&index, "not an index\n".repeat(500)).unwrap();
+        let store = open(dir.path());
+        assert_eq!(search(&store, "message").len(), 3);
+    }
+
+    #[test]
+    fn the_search_index_of_another_store_is_not_used() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        {
+            let store = open(one.path());
+            append(&store, &[Msg::text("t", 1, "only in the first store")]).unwrap();
+            assert_eq!(search(&store, "first").len(), 1);
+            let other = open(two.path());
+            append(&other, &[Msg::text("t", 1, "the second store")]).unwrap();
+        }
+        std::fs::copy(one.path().join("agentbus-search.db"), two.path().join("agentbus-search.db")).unwrap();
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(two.path().join(format!("agentbus-search.db{suffix}")));
+        }
+        let store = open(two.path());
+        assert!(search(&store, "first").is_empty());
+        assert_eq!(hit_offsets(&search(&store, "second")), vec![1]);
+    }
+
+    #[test]
+    fn a_version_1_database_moves_its_index_out_and_keeps_every_message() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE topics (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, epoch TEXT NOT NULL,
+                     last_offset INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE messages (seq INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL, offset INTEGER NOT NULL,
+                     id TEXT NOT NULL, client_id INTEGER NOT NULL, ts INTEGER NOT NULL, from_agent TEXT NOT NULL,
+                     frame TEXT NOT NULL);
+                 CREATE UNIQUE INDEX messages_topic_offset ON messages (topic_id, offset);
+                 CREATE INDEX messages_client_ids ON messages (seq) WHERE client_id = 1;
+                 CREATE TABLE cursors (agent TEXT PRIMARY KEY, offset INTEGER NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE search_state (only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
+                     indexed_upto INTEGER NOT NULL);
+                 INSERT INTO search_state VALUES (1, 9);
+                 CREATE VIEW message_text (seq, body) AS SELECT seq, frame ->> '$.content' FROM messages;
+                 CREATE VIRTUAL TABLE search USING fts5(body, content = 'message_text', content_rowid = 'seq');
+                 INSERT INTO topics VALUES (1, 'old', 'e0', 2);
+                 INSERT INTO messages VALUES (4, 1, 1, 'm1', 0, 0, 'a', '{\"type\":\"message\",\"content\":\"kept words\",\"offset\":1}');
+                 INSERT INTO messages VALUES (5, 1, 2, 'm2', 0, 0, 'a', '{\"type\":\"message\",\"content\":\"more words\",\"offset\":2}');
+                 INSERT INTO search (rowid, body) SELECT seq, body FROM message_text;
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(offsets(&store.read_range(&topic("old"), 0, 10, 10).unwrap()), vec![1, 2]);
+        assert_eq!(hit_offsets(&search(&store, "words")), vec![1, 2]);
+        // New messages take a seq above any the old index used.
+        append(&store, &[Msg::text("old", 3, "new words")]).unwrap();
+        assert_eq!(hit_offsets(&search(&store, "words")), vec![1, 2, 3]);
         let conn = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
-        // With rank 1, FTS5 also checks the index against its content (the messages).
-        conn.execute("INSERT INTO search (search, rank) VALUES ('integrity-check', 1)", []).unwrap();
+        let newest: i64 = conn.query_row("SELECT max(seq) FROM messages", [], |r| r.get(0)).unwrap();
+        assert_eq!(newest, 10);
     }
 }

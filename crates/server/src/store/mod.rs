@@ -4,7 +4,10 @@
 //! reads (replay, history, search) run on blocking threads alongside it. The broker only
 //! acknowledges and fans out a message after [`Store::append`] returned for its batch.
 
+pub mod checkpoint;
+pub mod indexer;
 pub mod memory;
+pub mod search;
 pub mod sqlite;
 pub mod writer;
 

@@ -1,9 +1,11 @@
 //! The SQLite store: the embedded default.
 //!
 //! One file, `<data>/agentbus.db`, in WAL mode. The writer thread owns one connection:
-//! it appends each group of batches in one transaction, trims and indexes for search
-//! between batches. Reads take a connection from a small pool, so replay, history and
-//! search run alongside commits.
+//! it appends each group of batches in one transaction and trims history between
+//! batches. A thread of its own checkpoints the log ([`super::checkpoint`]). The search
+//! index lives in a second file ([`super::search`]), filled behind the commits. Reads
+//! take a connection from a small pool, so replay, history and search run alongside
+//! commits.
 //!
 //! Schema, version [`SCHEMA_VERSION`] (kept in `PRAGMA user_version`):
 //!
@@ -15,10 +17,14 @@
 //!   with a client-chosen id (`client_id = 1`) finds the recent ids without scanning every
 //!   message; appends of messages without such an id do not touch it.
 //! - `cursors(agent, offset)`: inbox positions.
-//! - `search`: an FTS5 index of each message's content (a JSON string as its text, any
-//!   other value as its JSON text), its external content the view `message_text`. It is
-//!   filled behind the commits by [`Store::maintain`]; `search_state.indexed_upto` is the
-//!   highest `seq` indexed. Trimming removes messages from the index too.
+//! - `meta(store_id, seq_floor)`: a random id naming this store (its search index file
+//!   carries it) and a `seq` no new message may go below, raised when trimming, so a
+//!   `seq` is never given to two messages.
+//! - `message_text(seq, body)`: a view of each message's searchable text (a JSON string
+//!   content as its text, any other value as its JSON text), read by the indexer.
+//!
+//! Version 1 kept the search index in this file; opening one moves it out (the index is
+//! rebuilt in the background).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,13 +38,15 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::{StoreConfig, SyncMode};
 
+use super::checkpoint::Checkpointer;
+use super::search::{self, SearchIndex};
 use super::{Cursor, KnownId, Record, Retention, SearchQuery, Store, StoreError, Stored, StoredHit, TopicState};
 
 /// The database file inside the data folder.
 pub const DB_FILE: &str = "agentbus.db";
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Idle read connections kept for reuse; more are opened when needed.
 const IDLE_READERS: usize = 8;
@@ -66,8 +74,8 @@ macro_rules! body_sql {
     };
 }
 
-/// Version 1 of the schema.
-const SCHEMA_V1: &str = concat!(
+/// Version 2 of the schema, for a new database.
+const SCHEMA_V2: &str = concat!(
     "CREATE TABLE topics (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
@@ -87,13 +95,26 @@ const SCHEMA_V1: &str = concat!(
     CREATE UNIQUE INDEX messages_topic_offset ON messages (topic_id, offset);
     CREATE INDEX messages_client_ids ON messages (seq) WHERE client_id = 1;
     CREATE TABLE cursors (agent TEXT PRIMARY KEY, offset INTEGER NOT NULL) WITHOUT ROWID;
-    CREATE TABLE search_state (only_row INTEGER PRIMARY KEY CHECK (only_row = 1), indexed_upto INTEGER NOT NULL);
-    INSERT INTO search_state (only_row, indexed_upto) VALUES (1, 0);
+    CREATE TABLE meta (
+        only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
+        store_id TEXT NOT NULL,
+        seq_floor INTEGER NOT NULL
+    );
+    INSERT INTO meta VALUES (1, lower(hex(randomblob(16))), 0);
     CREATE VIEW message_text (seq, body) AS SELECT seq, ",
     body_sql!(),
-    " FROM messages;
-    CREATE VIRTUAL TABLE search USING fts5(body, content = 'message_text', content_rowid = 'seq');"
+    " FROM messages;"
 );
+
+/// From version 1: the search index moves to its own file.
+const V1_TO_V2: &str = "CREATE TABLE meta (
+        only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
+        store_id TEXT NOT NULL,
+        seq_floor INTEGER NOT NULL
+    );
+    INSERT INTO meta SELECT 1, lower(hex(randomblob(16))), indexed_upto FROM search_state;
+    DROP TABLE search;
+    DROP TABLE search_state;";
 
 const INSERT_MESSAGE: &str = "INSERT INTO messages (seq, topic_id, offset, id, client_id, ts, from_agent, frame) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -126,30 +147,15 @@ const RECENT_IDS: &str = "SELECT m.id, t.name, m.offset FROM messages AS m CROSS
 const CURSORS: &str = "SELECT agent, offset FROM cursors ORDER BY agent";
 
 const SEARCH: &str = "SELECT m.frame, snippet(search, 0, '[', ']', '…', 24), search.rank \
-     FROM search CROSS JOIN messages AS m ON m.seq = search.rowid CROSS JOIN topics AS t ON t.id = m.topic_id \
+     FROM idx.search AS search CROSS JOIN messages AS m ON m.seq = search.rowid CROSS JOIN topics AS t ON t.id = m.topic_id \
      WHERE search MATCH ?1 AND (?2 IS NULL OR t.name = ?2) AND (?3 IS NULL OR m.from_agent = ?3) \
      ORDER BY search.rank, m.seq DESC LIMIT ?4";
 
 const OLDEST: &str = "SELECT offset, ts FROM messages WHERE topic_id = ?1 ORDER BY offset LIMIT ?2";
 
-const UNINDEX_THROUGH: &str = concat!(
-    "INSERT INTO search (search, rowid, body) SELECT 'delete', seq, ",
-    body_sql!(),
-    " FROM messages WHERE topic_id = ?1 AND offset <= ?2 AND seq <= ?3"
-);
-
 const DELETE_THROUGH: &str = "DELETE FROM messages WHERE topic_id = ?1 AND offset <= ?2";
 
-const NEXT_TO_INDEX: &str =
-    "SELECT max(seq), count(*) FROM (SELECT seq FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2)";
-
-const INDEX_RANGE: &str = concat!(
-    "INSERT INTO search (rowid, body) SELECT seq, ",
-    body_sql!(),
-    " FROM messages WHERE seq > ?1 AND seq <= ?2"
-);
-
-const SET_INDEXED_UPTO: &str = "UPDATE search_state SET indexed_upto = ?1";
+const RAISE_SEQ_FLOOR: &str = "UPDATE meta SET seq_floor = max(seq_floor, ?1)";
 
 /// History in a SQLite database.
 pub struct SqliteStore {
@@ -157,8 +163,15 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The write connection and what it remembers, used by the writer thread only.
     writer: Mutex<Writer>,
+    /// The search index file.
+    search_path: PathBuf,
+    /// The search index, filled by [`Store::maintain`].
+    search: Mutex<SearchIndex>,
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
+    /// Checkpoints the write-ahead log off the writer's thread (dropped last: it waits
+    /// for the thread, whose wake-ups the writer's connection holds).
+    _checkpointer: Checkpointer,
 }
 
 /// A topic as the writer knows it.
@@ -178,8 +191,8 @@ struct Writer {
     topics: HashMap<TopicName, TopicRow>,
     /// The `seq` of the next message.
     next_seq: i64,
-    /// The highest `seq` in the search index.
-    indexed_upto: i64,
+    /// This store's id (see `meta`).
+    store_id: String,
 }
 
 impl SqliteStore {
@@ -188,13 +201,30 @@ impl SqliteStore {
         let path = data_dir.join(DB_FILE);
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_error(&path, &format!("cannot create the folder {}: {e}", data_dir.display())))?;
-        let writer = Writer::open(&path, config).map_err(|e| open_error(&path, &e.to_string()))?;
-        let reader = open_reader(&path).map_err(|e| open_error(&path, &e.to_string()))?;
-        Ok(SqliteStore { path, writer: Mutex::new(writer), readers: Mutex::new(vec![reader]) })
+        let fail = |e: rusqlite::Error| open_error(&path, &e.to_string());
+        let mut writer = Writer::open(&path, config).map_err(fail)?;
+        let checkpointer = Checkpointer::start(&path).map_err(fail)?;
+        writer.conn.wal_hook(Some(checkpointer.hook())).map_err(fail)?;
+        let search_path = search::index_path(data_dir);
+        let index = SearchIndex::open(data_dir, &path, &writer.store_id, writer.next_seq - 1)
+            .map_err(|e| open_error(&search_path, &e.to_string()))?;
+        let reader = open_reader(&path, &search_path).map_err(fail)?;
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(writer),
+            search_path,
+            search: Mutex::new(index),
+            readers: Mutex::new(vec![reader]),
+            _checkpointer: checkpointer,
+        })
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn search_index(&self) -> MutexGuard<'_, SearchIndex> {
+        self.search.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn idle_readers(&self) -> MutexGuard<'_, Vec<Connection>> {
@@ -206,7 +236,7 @@ impl SqliteStore {
         let idle = self.idle_readers().pop();
         let conn = match idle {
             Some(c) => c,
-            None => open_reader(&self.path).map_err(db_error)?,
+            None => open_reader(&self.path, &self.search_path).map_err(db_error)?,
         };
         let result = f(&conn).map_err(db_error);
         let mut idle = self.idle_readers();
@@ -236,8 +266,8 @@ impl Writer {
         migrate(&conn)?;
         limit_size(&conn, config.max_size_bytes)?;
         let topics = load_topics(&conn)?;
-        let (next_seq, indexed_upto) = load_sequence(&conn)?;
-        Ok(Writer { conn, topics, next_seq, indexed_upto })
+        let (store_id, next_seq) = load_meta(&conn)?;
+        Ok(Writer { conn, topics, next_seq, store_id })
     }
 
     /// Stores a batch in one transaction; the in-memory state changes only if it commits.
@@ -273,26 +303,15 @@ impl Writer {
                 continue;
             }
             if let Some((cut, count)) = trim_point(&tx, *topic, r, now_ms, left)? {
-                delete_through(&tx, topic.id, cut, self.indexed_upto)?;
+                delete_through(&tx, topic.id, cut)?;
                 removed += count;
             }
         }
+        if removed > 0 {
+            tx.prepare_cached(RAISE_SEQ_FLOOR)?.execute([self.next_seq - 1])?;
+        }
         tx.commit()?;
         Ok(removed)
-    }
-
-    /// Adds up to `budget` not yet indexed messages to the search index.
-    fn index(&mut self, budget: usize) -> rusqlite::Result<u64> {
-        let tx = self.conn.transaction()?;
-        let (upto, count): (Option<i64>, u64) = tx
-            .prepare_cached(NEXT_TO_INDEX)?
-            .query_row(params![self.indexed_upto, sql_count(budget)], |r| Ok((r.get(0)?, get_u64(r, 1)?)))?;
-        let Some(upto) = upto else { return Ok(0) };
-        tx.prepare_cached(INDEX_RANGE)?.execute(params![self.indexed_upto, upto])?;
-        tx.prepare_cached(SET_INDEXED_UPTO)?.execute([upto])?;
-        tx.commit()?;
-        self.indexed_upto = upto;
-        Ok(count)
     }
 }
 
@@ -386,10 +405,9 @@ fn trim_point(
     Ok(point)
 }
 
-/// Deletes the messages of a topic up to offset `cut`, and their search index entries.
-fn delete_through(tx: &Transaction<'_>, topic_id: i64, cut: u64, indexed_upto: i64) -> rusqlite::Result<()> {
+/// Deletes the messages of a topic up to offset `cut`.
+fn delete_through(tx: &Transaction<'_>, topic_id: i64, cut: u64) -> rusqlite::Result<()> {
     let cut = i64::try_from(cut).unwrap_or(i64::MAX);
-    tx.prepare_cached(UNINDEX_THROUGH)?.execute(params![topic_id, cut, indexed_upto])?;
     tx.prepare_cached(DELETE_THROUGH)?.execute(params![topic_id, cut])?;
     Ok(())
 }
@@ -402,8 +420,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     match version {
         SCHEMA_VERSION => Ok(()),
         0 if objects == 0 => {
-            conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
         }
+        1 => conn.execute_batch(&format!("BEGIN; {V1_TO_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")),
         0 => Err(open_refusal("the database holds tables but no agentbus schema")),
         v => Err(open_refusal(&format!("schema version {v} is not supported (this build reads {SCHEMA_VERSION})"))),
     }
@@ -428,18 +447,20 @@ fn load_topics(conn: &Connection) -> rusqlite::Result<HashMap<TopicName, TopicRo
     rows.collect()
 }
 
-/// The next `seq` (never one already indexed) and the search high-water mark.
-fn load_sequence(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+/// The store's id and the next `seq` (above every `seq` ever given).
+fn load_meta(conn: &Connection) -> rusqlite::Result<(String, i64)> {
     let newest: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| r.get(0))?;
-    let indexed: i64 = conn.query_row("SELECT indexed_upto FROM search_state", [], |r| r.get(0))?;
-    Ok((newest.max(indexed) + 1, indexed))
+    let (id, floor): (String, i64) =
+        conn.query_row("SELECT store_id, seq_floor FROM meta", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok((id, newest.max(floor) + 1))
 }
 
-/// Opens a read-only connection.
-fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+/// Opens a read-only connection, with the search index attached.
+fn open_reader(path: &Path, search_path: &Path) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    search::attach(&conn, search_path)?;
     Ok(conn)
 }
 
@@ -632,7 +653,7 @@ impl Store for SqliteStore {
         if budget == 0 {
             return Ok(0);
         }
-        self.writer().index(budget).map_err(db_error)
+        self.search_index().step(budget).map_err(db_error)
     }
 
     fn ready(&self) -> bool {

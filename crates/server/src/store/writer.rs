@@ -8,8 +8,9 @@
 //! refuses every batch (`StoreError::Halted`) until the broker, having rewound its
 //! offsets, sends [`ToWriter::Resume`]: so no offset is ever skipped or reused.
 //!
-//! Between batches, on [`ToWriter::Tick`], it trims history beyond retention and runs
-//! the store's upkeep (search indexing) in small steps, so publishes never wait long.
+//! After each commit it wakes the search indexer ([`super::indexer`]), which runs on a
+//! thread of its own. On [`ToWriter::Tick`] (every second) it trims history beyond
+//! retention, [`TRIM_STEP`] rows at a time, looking at the queue between steps.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use agentbus_protocol::TopicName;
 use tokio::sync::mpsc;
 
+use super::indexer::IndexWaker;
 use super::{Cursor, Record, Retention, Store, StoreError};
 
 /// Batches that may wait for the writer; when full, the broker waits (and so, through
@@ -26,8 +28,8 @@ pub const WRITER_QUEUE: usize = 256;
 /// Most records stored in one transaction.
 pub const MAX_RECORDS_PER_COMMIT: usize = 8192;
 
-/// Rows trimmed or indexed per upkeep step, between two looks at the queue.
-pub const UPKEEP_STEP: usize = 2000;
+/// Rows trimmed per upkeep step, between two looks at the queue.
+pub const TRIM_STEP: usize = 500;
 
 /// Something the writer stores: a message (a record) or a marker that only needs to
 /// travel in order with the messages (a duplicate's ack).
@@ -78,6 +80,7 @@ pub fn run<T: Writable>(
     mut rx: mpsc::Receiver<ToWriter<T>>,
     done: mpsc::Sender<FromWriter<T>>,
     retention: RetentionFn,
+    indexer: IndexWaker,
 ) {
     let mut halted = false;
     let mut pending: Option<ToWriter<T>> = None;
@@ -99,7 +102,7 @@ pub fn run<T: Writable>(
                 continue;
             }
             ToWriter::Tick => {
-                upkeep(&*store, &retention, &mut rx, &mut pending);
+                trim(&*store, &retention, &mut rx, &mut pending);
                 continue;
             }
         };
@@ -132,6 +135,9 @@ pub fn run<T: Writable>(
             }
             (result.map_err(Arc::new), n)
         };
+        if result.is_ok() && records > 0 {
+            indexer.wake();
+        }
         if done.blocking_send(FromWriter::Done { batches, result, records }).is_err() {
             return;
         }
@@ -142,30 +148,22 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Trims and indexes in steps, stopping as soon as work arrives.
-fn upkeep<T>(
+/// Trims history beyond retention in steps, at least one, stopping as soon as work
+/// arrives.
+fn trim<T>(
     store: &dyn Store,
     retention: &RetentionFn,
     rx: &mut mpsc::Receiver<ToWriter<T>>,
     pending: &mut Option<ToWriter<T>>,
 ) {
-    let step = |f: &dyn Fn() -> Result<u64, StoreError>| -> bool {
-        match f() {
-            Ok(n) => n as usize >= UPKEEP_STEP,
+    loop {
+        match store.trim(&**retention, now_ms(), TRIM_STEP) {
+            Ok(n) if n as usize >= TRIM_STEP => {}
+            Ok(_) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "store upkeep failed");
-                false
+                tracing::warn!(error = %e, "trimming history failed");
+                return;
             }
-        }
-    };
-    let mut more_trim = true;
-    let mut more_index = true;
-    while more_trim || more_index {
-        if more_trim {
-            more_trim = step(&|| store.trim(&**retention, now_ms(), UPKEEP_STEP));
-        }
-        if more_index {
-            more_index = step(&|| store.maintain(UPKEEP_STEP));
         }
         match rx.try_recv() {
             Ok(ToWriter::Tick) => {}

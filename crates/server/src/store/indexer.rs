@@ -1,0 +1,67 @@
+//! The search indexer: a thread at the lowest scheduling priority that calls
+//! [`Store::maintain`] behind the writer's commits.
+//!
+//! The writer wakes it after each commit; it then indexes in steps of [`INDEX_STEP`]
+//! messages until it has caught up, and once a second purges what trimming removed. At
+//! `SCHED_IDLE` it only runs when nothing else on its processor wants to: under a
+//! publishing load that saturates the processor the index falls behind, and catches up
+//! when the load drops. Searches find a message once it is indexed.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+use thread_priority::{
+    NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+};
+
+use super::Store;
+
+/// Messages indexed per step (one transaction in the index file).
+pub const INDEX_STEP: usize = 2000;
+
+/// Longest sleep between two looks at the index (for purging after trims).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// Wakes the indexer; cheap and never blocking.
+#[derive(Clone)]
+pub struct IndexWaker(SyncSender<()>);
+
+impl IndexWaker {
+    /// Asks the indexer to look for new messages.
+    pub fn wake(&self) {
+        match self.0.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+}
+
+/// Starts the indexer thread for `store`; it ends when every [`IndexWaker`] is gone.
+pub fn start(store: Arc<dyn Store>) -> std::io::Result<IndexWaker> {
+    let (tx, rx) = sync_channel(1);
+    std::thread::Builder::new().name("agentbus-indexer".into()).spawn(move || run(&*store, &rx))?;
+    Ok(IndexWaker(tx))
+}
+
+fn run(store: &dyn Store, woken: &Receiver<()>) {
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        tracing::debug!(error = ?e, "the search indexer runs at normal priority");
+    }
+    loop {
+        loop {
+            match store.maintain(INDEX_STEP) {
+                Ok(n) if n as usize >= INDEX_STEP => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "search indexing failed");
+                    break;
+                }
+            }
+        }
+        match woken.recv_timeout(IDLE_WAKE) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}

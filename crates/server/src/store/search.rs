@@ -1,0 +1,213 @@
+//! The full-text index of the SQLite store, in a file of its own.
+//!
+//! `<data>/agentbus-search.db` holds an FTS5 table of each message's searchable text,
+//! keyed by the message's `seq`. It is derived data: filled behind the commits from the
+//! messages table, it is rebuilt from scratch whenever it is missing, unreadable, or
+//! belongs to another store. Being a separate database, it has its own write lock:
+//! indexing never holds up a commit of the messages, and it can run on a low-priority
+//! thread (see [`super::indexer`]) that yields the processor to publishing.
+//!
+//! Searches join the index with the messages (readers attach this file), so a trimmed
+//! message disappears from results at once; [`SearchIndex::step`] later purges its
+//! index entry.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, params};
+
+/// The index file inside the data folder.
+pub const SEARCH_DB_FILE: &str = "agentbus-search.db";
+
+/// The schema version of the index file (`PRAGMA user_version`).
+const INDEX_VERSION: i64 = 1;
+
+/// Index entries checked against the messages per purge step.
+const PURGE_STEP: usize = 10_000;
+
+/// How long a connection waits for a lock held by another one.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The index schema: `state` ties the file to one store and records how far it got.
+const SCHEMA: &str = "CREATE TABLE state (
+        only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
+        store_id TEXT NOT NULL,
+        indexed_upto INTEGER NOT NULL
+    );
+    CREATE VIRTUAL TABLE search USING fts5(body);";
+
+/// The searchable text of the messages after a `seq`, in order.
+const TO_INDEX: &str = "SELECT seq, body FROM message_text WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
+const INSERT: &str = "INSERT INTO search (rowid, body) VALUES (?1, ?2)";
+
+const SET_INDEXED_UPTO: &str = "UPDATE state SET indexed_upto = ?1";
+
+const INDEXED_AFTER: &str = "SELECT rowid FROM search WHERE rowid > ?1 ORDER BY rowid LIMIT ?2";
+
+const STORED_BETWEEN: &str = "SELECT seq FROM messages WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq";
+
+const DELETE: &str = "DELETE FROM search WHERE rowid = ?1";
+
+/// The index file and a read connection to the messages it indexes.
+pub struct SearchIndex {
+    /// Reads the messages (read-only, short transactions).
+    messages: Connection,
+    /// Writes the index.
+    index: Connection,
+    /// The highest `seq` indexed.
+    indexed_upto: i64,
+    /// Where the next purge step starts.
+    purge_after: i64,
+}
+
+/// Why an existing index file is not used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Stale(String),
+}
+
+impl SearchIndex {
+    /// Opens the index of the store `store_id` (whose database is `messages_db`, with
+    /// messages up to `last_seq`) in `data_dir`. An index file that cannot be used is
+    /// replaced by an empty one, filled again by [`SearchIndex::step`].
+    pub fn open(data_dir: &Path, messages_db: &Path, store_id: &str, last_seq: i64) -> rusqlite::Result<SearchIndex> {
+        let path = index_path(data_dir);
+        let index = match open_index(&path, store_id, last_seq) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), reason = %e, "rebuilding the search index");
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    if let Err(e) = std::fs::remove_file(&file)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+                    }
+                }
+                open_index(&path, store_id, last_seq).map_err(|e| match e {
+                    Unusable::Sqlite(e) => e,
+                    Unusable::Stale(reason) => rusqlite::Error::ToSqlConversionFailure(reason.into()),
+                })?
+            }
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let messages = Connection::open_with_flags(messages_db, flags)?;
+        messages.busy_timeout(BUSY_TIMEOUT)?;
+        let indexed_upto = index.query_row("SELECT indexed_upto FROM state", [], |r| r.get(0))?;
+        Ok(SearchIndex { messages, index, indexed_upto, purge_after: 0 })
+    }
+
+    /// Indexes up to `budget` messages not yet indexed, in one transaction, and returns
+    /// how many it read. With nothing to index, purges the entries of up to
+    /// [`PURGE_STEP`] trimmed messages instead (and returns 0).
+    pub fn step(&mut self, budget: usize) -> rusqlite::Result<u64> {
+        if budget == 0 {
+            return Ok(0);
+        }
+        let rows: Vec<(i64, Option<String>)> = {
+            let mut stmt = self.messages.prepare_cached(TO_INDEX)?;
+            let limit = i64::try_from(budget).unwrap_or(i64::MAX);
+            stmt.query_map(params![self.indexed_upto, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        let Some(&(upto, _)) = rows.last() else {
+            self.purge()?;
+            return Ok(0);
+        };
+        let tx = self.index.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(INSERT)?;
+            for (seq, body) in &rows {
+                if let Some(body) = body {
+                    insert.execute(params![seq, body])?;
+                }
+            }
+        }
+        tx.prepare_cached(SET_INDEXED_UPTO)?.execute([upto])?;
+        tx.commit()?;
+        self.indexed_upto = upto;
+        Ok(rows.len() as u64)
+    }
+
+    /// Removes the entries of trimmed messages among the next [`PURGE_STEP`] entries,
+    /// going round the index step by step.
+    fn purge(&mut self) -> rusqlite::Result<()> {
+        let limit = i64::try_from(PURGE_STEP).unwrap_or(i64::MAX);
+        let indexed: Vec<i64> = {
+            let mut stmt = self.index.prepare_cached(INDEXED_AFTER)?;
+            stmt.query_map(params![self.purge_after, limit], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        let (Some(&first), Some(&last)) = (indexed.first(), indexed.last()) else {
+            self.purge_after = 0;
+            return Ok(());
+        };
+        let stored: std::collections::HashSet<i64> = {
+            let mut stmt = self.messages.prepare_cached(STORED_BETWEEN)?;
+            stmt.query_map(params![first, last], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        let gone: Vec<i64> = indexed.iter().copied().filter(|seq| !stored.contains(seq)).collect();
+        if !gone.is_empty() {
+            let tx = self.index.transaction()?;
+            {
+                let mut delete = tx.prepare_cached(DELETE)?;
+                for seq in gone {
+                    delete.execute([seq])?;
+                }
+            }
+            tx.commit()?;
+        }
+        self.purge_after = if indexed.len() < PURGE_STEP { 0 } else { last };
+        Ok(())
+    }
+}
+
+/// The index file in `data_dir`.
+pub fn index_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SEARCH_DB_FILE)
+}
+
+/// Attaches the index file at `path` to a read connection as `idx`.
+pub fn attach(conn: &Connection, path: &Path) -> rusqlite::Result<()> {
+    let path = path.to_str().ok_or_else(|| {
+        rusqlite::Error::ToSqlConversionFailure(format!("the path {} is not UTF-8", path.display()).into())
+    })?;
+    conn.execute("ATTACH DATABASE ?1 AS idx", [path])?;
+    Ok(())
+}
+
+/// Opens (creating if needed) the index file and checks that it belongs to `store_id`
+/// and is not ahead of the messages (`last_seq`, as after restoring an older copy).
+fn open_index(path: &Path, store_id: &str, last_seq: i64) -> Result<Connection, Unusable> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    match version {
+        0 if objects == 0 => {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA} INSERT INTO state VALUES (1, '{}', 0); PRAGMA user_version = {INDEX_VERSION}; COMMIT;",
+                store_id.replace('\'', "''")
+            ))?;
+            Ok(conn)
+        }
+        INDEX_VERSION => {
+            let (owner, upto): (String, i64) =
+                conn.query_row("SELECT store_id, indexed_upto FROM state", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if owner != store_id {
+                return Err(Unusable::Stale(format!("it indexes another store ({owner})")));
+            }
+            if upto > last_seq {
+                return Err(Unusable::Stale(format!("it is ahead of the messages ({upto} > {last_seq})")));
+            }
+            Ok(conn)
+        }
+        v => Err(Unusable::Stale(format!("unknown index version {v}"))),
+    }
+}
