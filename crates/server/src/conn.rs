@@ -2,13 +2,14 @@
 //!
 //! It reads frames, validates them and hands them to the broker (waiting when the
 //! broker's queue is full, which slows only this client's reads); it drains its
-//! [`Outbox`] in whole batches, writes every frame and flushes once; it pings quiet
+//! [`Outbox`] in whole batches, framing them itself and writing them in large chunks; it pings quiet
 //! clients and closes with the proper code on protocol violations, slow consumption and
 //! shutdown (1001, after flushing what was queued).
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use agentbus_protocol::{
@@ -16,7 +17,7 @@ use agentbus_protocol::{
     history_frame,
 };
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -45,16 +46,43 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 /// How long a server-initiated close waits for the client's closing frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Bounds a socket operation by [`WRITE_STALL`].
+/// Frames of a batch are gathered up to about this many bytes per socket write.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Bounds a socket operation by [`WRITE_STALL`]. Most finish at the first poll; only one
+/// that has to wait arms a timer.
 async fn bounded<T>(
     op: impl std::future::Future<Output = Result<T, tungstenite::Error>>,
 ) -> Result<T, tungstenite::Error> {
+    let mut op = std::pin::pin!(op);
+    if let Poll::Ready(result) = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await {
+        return result;
+    }
     match tokio::time::timeout(WRITE_STALL, op).await {
         Ok(result) => result,
         Err(_) => {
             Err(tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")))
         }
     }
+}
+
+/// Appends an unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2) holding
+/// `payload` to `out`.
+fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    const FIN_TEXT: u8 = 0x81;
+    let len = payload.len();
+    out.reserve(len + 10);
+    out.push(FIN_TEXT);
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
 }
 
 /// Tells the broker the connection is gone, however the task ends.
@@ -191,7 +219,12 @@ where
         Ok(())
     }
 
+    /// Writes a batch from the outbox: the frames are framed here, gathered into chunks
+    /// of about [`WRITE_CHUNK`] bytes and written straight to the socket, one write per
+    /// chunk (control frames tungstenite queued, such as pongs, are flushed first).
     async fn write_batch(&mut self, batch: &mut VecDeque<Outgoing>) -> Result<(), tungstenite::Error> {
+        bounded(self.ws.flush()).await?;
+        let mut out = Vec::new();
         let mut inbox_written = 0;
         let mut bytes = 0;
         while let Some(item) = batch.pop_front() {
@@ -203,7 +236,8 @@ where
                         inbox_written = frame_offset(&f).unwrap_or(0).max(inbox_written);
                     }
                     bytes += f.len();
-                    bounded(self.ws.feed(Message::Text(f))).await?
+                    push_text_frame(&mut out, f.as_bytes());
+                    self.write_chunk(&mut out, WRITE_CHUNK).await?;
                 }
                 Outgoing::Replay(r) => {
                     let is_inbox = self.inbox.as_ref() == Some(&r.topic);
@@ -216,7 +250,8 @@ where
                                         inbox_written = f.offset.unwrap_or(0).max(inbox_written);
                                     }
                                     bytes += f.frame.len();
-                                    bounded(self.ws.feed(Message::Text(f.frame))).await?;
+                                    push_text_frame(&mut out, f.frame.as_bytes());
+                                    self.write_chunk(&mut out, WRITE_CHUNK).await?;
                                 }
                             }
                             Ok(None) => break,
@@ -224,7 +259,7 @@ where
                                 tracing::error!(conn = self.conn, error = %e, "replay failed");
                                 let frame =
                                     error_frame(ErrorCode::Internal, "replay failed (see the server log)", None);
-                                bounded(self.ws.feed(Message::Text(frame.into()))).await?;
+                                push_text_frame(&mut out, frame.as_bytes());
                                 break;
                             }
                         }
@@ -232,7 +267,7 @@ where
                 }
             }
         }
-        bounded(self.ws.flush()).await?;
+        self.write_chunk(&mut out, 1).await?;
         self.shared.metrics.bytes_out.inc_by(bytes as u64);
         if inbox_written > 0
             && let Some(agent) = &self.agent
@@ -242,6 +277,17 @@ where
             let _ =
                 self.shared.broker.try_send(Command::InboxDelivered { agent: agent.clone(), offset: inbox_written });
         }
+        Ok(())
+    }
+
+    /// Writes `out` to the socket once it holds at least `min` bytes, and empties it.
+    async fn write_chunk(&mut self, out: &mut Vec<u8>, min: usize) -> Result<(), tungstenite::Error> {
+        if out.len() < min.max(1) {
+            return Ok(());
+        }
+        let socket = self.ws.get_mut();
+        bounded(async { socket.write_all(out).await.map_err(tungstenite::Error::Io) }).await?;
+        out.clear();
         Ok(())
     }
 
@@ -409,5 +455,31 @@ where
             .send(cmd)
             .await
             .map_err(|_| FrameError::new(ErrorCode::Unavailable, "the server is shutting down"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_text_frame;
+
+    /// The header of each length class, checked against tungstenite's own encoder.
+    #[test]
+    fn text_frames_are_framed_as_tungstenite_frames_them() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 100_000] {
+            let payload = "x".repeat(len);
+            let mut ours = Vec::new();
+            push_text_frame(&mut ours, payload.as_bytes());
+            let mut theirs = Vec::new();
+            tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+                payload.clone(),
+                tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+                    tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+                ),
+                true,
+            )
+            .format(&mut theirs)
+            .expect("format");
+            assert_eq!(ours, theirs, "payload of {len} bytes");
+        }
     }
 }
