@@ -16,12 +16,8 @@ use agentbus_protocol::{
     AgentId, ClientFrame, ErrorCode, FrameError, Ref, ServerFrame, TopicName, error_frame, frame_is_on, frame_offset,
     history_frame,
 };
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -31,12 +27,13 @@ use crate::listener::Counted;
 use crate::outbox::{Outbox, OutboxState, Outgoing};
 use crate::replay::ReplayCursor;
 use crate::shared::{Shared, search_hits};
+use crate::ws::{Incoming, OpCode, WsConn, WsError, close_payload, push_frame};
 
 /// Close code sent to a slow consumer (private range: 4000–4999).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
-/// Frames read in one go, when already buffered, before the outbox is drained.
-const READ_BURST: usize = 64;
+/// Reads taken in one go, when data is already there, before the outbox is drained.
+const READ_BURST: usize = 8;
 
 /// Longest a single socket write may wait for the client to read. A client that reads
 /// nothing for this long is gone or stalled: the connection is dropped, so a dead peer
@@ -51,38 +48,15 @@ const WRITE_CHUNK: usize = 64 * 1024;
 
 /// Bounds a socket operation by [`WRITE_STALL`]. Most finish at the first poll; only one
 /// that has to wait arms a timer.
-async fn bounded<T>(
-    op: impl std::future::Future<Output = Result<T, tungstenite::Error>>,
-) -> Result<T, tungstenite::Error> {
+async fn bounded<T>(op: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
     let mut op = std::pin::pin!(op);
     if let Poll::Ready(result) = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await {
         return result;
     }
     match tokio::time::timeout(WRITE_STALL, op).await {
         Ok(result) => result,
-        Err(_) => {
-            Err(tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")))
-        }
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")),
     }
-}
-
-/// Appends an unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2) holding
-/// `payload` to `out`.
-fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    const FIN_TEXT: u8 = 0x81;
-    let len = payload.len();
-    out.reserve(len + 10);
-    out.push(FIN_TEXT);
-    if len < 126 {
-        out.push(len as u8);
-    } else if let Ok(short) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&short.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(payload);
 }
 
 /// Tells the broker the connection is gone, however the task ends.
@@ -110,7 +84,7 @@ enum Flow {
 }
 
 struct Connection<S> {
-    ws: WebSocketStream<S>,
+    ws: WsConn<S>,
     shared: Arc<Shared>,
     conn: ConnId,
     outbox: Arc<Outbox>,
@@ -124,11 +98,12 @@ struct Connection<S> {
     last_seen: Instant,
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>, grant: Option<Arc<Grant>>)
+/// Serves one upgraded WebSocket (its handshake done) until it closes.
+pub async fn run<S>(io: S, shared: Arc<Shared>, grant: Option<Arc<Grant>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let ws = WsConn::new(io, shared.config.limits.max_message_bytes);
     let conn = shared.next_conn_id();
     let outbox = Arc::new(Outbox::new(shared.config.limits.outbox_bytes));
     if shared.broker.send(Command::Open { conn, outbox: outbox.clone() }).await.is_err() {
@@ -151,26 +126,26 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn serve(&mut self) -> Result<(), tungstenite::Error> {
+    async fn serve(&mut self) -> std::io::Result<()> {
         let mut shutdown = self.shared.shutdown.clone();
         let interval = self.shared.config.limits.ping_interval();
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut batch = VecDeque::new();
         loop {
             tokio::select! {
-                msg = self.ws.next() => {
-                    let Some(msg) = msg else { return Ok(()) };
-                    if self.on_incoming(msg).await? == Flow::Stop {
+                read = self.ws.fill() => {
+                    if read? == 0 || self.on_received().await? == Flow::Stop {
                         return Ok(());
                     }
                     for _ in 1..READ_BURST {
-                        match self.ws.next().now_or_never() {
-                            Some(Some(msg)) => {
-                                if self.on_incoming(msg).await? == Flow::Stop {
+                        match self.ws.fill().now_or_never() {
+                            Some(Ok(0)) => return Ok(()),
+                            Some(Ok(_)) => {
+                                if self.on_received().await? == Flow::Stop {
                                     return Ok(());
                                 }
                             }
-                            Some(None) => return Ok(()),
+                            Some(Err(e)) => return Err(e),
                             None => break,
                         }
                     }
@@ -182,7 +157,7 @@ where
                         let agent = self.agent.as_ref().map_or("-", |a| a.as_str());
                         tracing::warn!(conn = self.conn, agent, "closing slow consumer");
                         let msg = "you fell behind by more than the outbox limit; resubscribe with `since` to resume";
-                        bounded(self.ws.feed(Message::Text(error_frame(ErrorCode::SlowConsumer, msg, None).into()))).await?;
+                        self.send_now(OpCode::Text, error_frame(ErrorCode::SlowConsumer, msg, None).as_bytes()).await?;
                         return self.close(CLOSE_SLOW_CONSUMER, "slow consumer").await;
                     }
                     OutboxState::Closed => return self.close(1001, "server shutting down").await,
@@ -191,7 +166,7 @@ where
                     if self.last_seen.elapsed() > interval * 3 {
                         return self.close(1001, "idle timeout").await;
                     }
-                    bounded(self.ws.send(Message::Ping(Default::default()))).await?;
+                    self.send_now(OpCode::Ping, &[]).await?;
                 }
                 _ = shutdown.changed() => {
                     if self.outbox.try_drain(&mut batch) == OutboxState::Open {
@@ -203,15 +178,29 @@ where
         }
     }
 
-    async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), tungstenite::Error> {
-        let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
-        bounded(self.ws.send(Message::Close(Some(frame)))).await?;
+    /// Writes one frame now (control frames, and errors before a close).
+    async fn send_now(&mut self, opcode: OpCode, payload: &[u8]) -> std::io::Result<()> {
+        let mut out = Vec::with_capacity(payload.len() + 10);
+        push_frame(&mut out, opcode, payload);
+        let ws = &mut self.ws;
+        bounded(ws.write_all(&out)).await
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) -> std::io::Result<()> {
+        self.send_now(OpCode::Close, &close_payload(code, reason)).await?;
         // Wait briefly for the client's closing frame, so the close is a clean handshake
         // and not a reset that could cost the client frames still in flight.
+        let ws = &mut self.ws;
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            while let Some(Ok(msg)) = self.ws.next().await {
-                if msg.is_close() {
-                    break;
+            while let Ok(n) = ws.fill().await
+                && n > 0
+            {
+                loop {
+                    match ws.next_message() {
+                        Ok(Some(Incoming::Close(_))) | Err(_) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                    }
                 }
             }
         })
@@ -221,9 +210,8 @@ where
 
     /// Writes a batch from the outbox: the frames are framed here, gathered into chunks
     /// of about [`WRITE_CHUNK`] bytes and written straight to the socket, one write per
-    /// chunk (control frames tungstenite queued, such as pongs, are flushed first).
-    async fn write_batch(&mut self, batch: &mut VecDeque<Outgoing>) -> Result<(), tungstenite::Error> {
-        bounded(self.ws.flush()).await?;
+    /// chunk.
+    async fn write_batch(&mut self, batch: &mut VecDeque<Outgoing>) -> std::io::Result<()> {
         let mut out = Vec::new();
         let mut inbox_written = 0;
         let mut bytes = 0;
@@ -236,7 +224,7 @@ where
                         inbox_written = frame_offset(&f).unwrap_or(0).max(inbox_written);
                     }
                     bytes += f.len();
-                    push_text_frame(&mut out, f.as_bytes());
+                    push_frame(&mut out, OpCode::Text, f.as_bytes());
                     self.write_chunk(&mut out, WRITE_CHUNK).await?;
                 }
                 Outgoing::Replay(r) => {
@@ -250,7 +238,7 @@ where
                                         inbox_written = f.offset.unwrap_or(0).max(inbox_written);
                                     }
                                     bytes += f.frame.len();
-                                    push_text_frame(&mut out, f.frame.as_bytes());
+                                    push_frame(&mut out, OpCode::Text, f.frame.as_bytes());
                                     self.write_chunk(&mut out, WRITE_CHUNK).await?;
                                 }
                             }
@@ -259,7 +247,7 @@ where
                                 tracing::error!(conn = self.conn, error = %e, "replay failed");
                                 let frame =
                                     error_frame(ErrorCode::Internal, "replay failed (see the server log)", None);
-                                push_text_frame(&mut out, frame.as_bytes());
+                                push_frame(&mut out, OpCode::Text, frame.as_bytes());
                                 break;
                             }
                         }
@@ -281,57 +269,74 @@ where
     }
 
     /// Writes `out` to the socket once it holds at least `min` bytes, and empties it.
-    async fn write_chunk(&mut self, out: &mut Vec<u8>, min: usize) -> Result<(), tungstenite::Error> {
+    async fn write_chunk(&mut self, out: &mut Vec<u8>, min: usize) -> std::io::Result<()> {
         if out.len() < min.max(1) {
             return Ok(());
         }
-        let socket = self.ws.get_mut();
-        bounded(async { socket.write_all(out).await.map_err(tungstenite::Error::Io) }).await?;
+        let ws = &mut self.ws;
+        bounded(ws.write_all(out)).await?;
         out.clear();
         Ok(())
     }
 
-    async fn on_incoming(&mut self, msg: Result<Message, tungstenite::Error>) -> Result<Flow, tungstenite::Error> {
+    /// Handles every complete message received so far.
+    async fn on_received(&mut self) -> std::io::Result<Flow> {
         self.last_seen = Instant::now();
+        loop {
+            match self.ws.next_message() {
+                Ok(Some(msg)) => {
+                    if self.on_incoming(msg).await? == Flow::Stop {
+                        return Ok(Flow::Stop);
+                    }
+                }
+                Ok(None) => return Ok(Flow::Continue),
+                Err(e) => return self.on_violation(e).await,
+            }
+        }
+    }
+
+    async fn on_incoming(&mut self, msg: Incoming) -> std::io::Result<Flow> {
         match msg {
-            Ok(Message::Text(text)) => {
+            Incoming::Text(text) => {
                 self.shared.metrics.bytes_in.inc_by(text.len() as u64);
                 self.on_text(&text).await;
-                Ok(Flow::Continue)
             }
-            Ok(Message::Binary(_)) => {
+            Incoming::Binary(_) => {
                 self.reply_error(
                     ErrorCode::InvalidJson,
                     "binary frames are not supported; send JSON text frames",
                     None,
                 );
-                Ok(Flow::Continue)
             }
-            Ok(Message::Close(_)) => {
-                // tungstenite queued the closing reply; send it to complete the handshake.
-                let _ = bounded(self.ws.flush()).await;
-                Ok(Flow::Stop)
+            Incoming::Ping(payload) => self.send_now(OpCode::Pong, &payload).await?,
+            Incoming::Pong => {}
+            Incoming::Close(code) => {
+                // Complete the closing handshake, echoing the client's code.
+                let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+                let _ = self.send_now(OpCode::Close, &payload).await;
+                return Ok(Flow::Stop);
             }
-            Ok(_) => Ok(Flow::Continue),
-            Err(tungstenite::Error::Capacity(e)) => {
-                let max = self.shared.config.limits.max_message_bytes;
-                let msg = format!("frame too large ({e}); at most {max} bytes are allowed");
-                self.shared.metrics.reject(ErrorCode::TooLarge);
-                bounded(self.ws.feed(Message::Text(error_frame(ErrorCode::TooLarge, &msg, None).into()))).await?;
-                self.close(1009, "frame too large").await?;
-                Ok(Flow::Stop)
-            }
-            Err(tungstenite::Error::Utf8(_)) => {
-                self.close(1007, "invalid UTF-8 in a text frame").await?;
-                Ok(Flow::Stop)
-            }
-            Err(tungstenite::Error::Protocol(e)) => {
-                tracing::debug!(conn = self.conn, error = %e, "protocol violation");
-                let _ = self.close(1002, "protocol error").await;
-                Ok(Flow::Stop)
-            }
-            Err(e) => Err(e),
         }
+        Ok(Flow::Continue)
+    }
+
+    /// Closes the connection after a frame the limits or the RFC refuse.
+    async fn on_violation(&mut self, e: WsError) -> std::io::Result<Flow> {
+        match e {
+            WsError::TooLarge { size, max } => {
+                let msg = format!("frame too large ({size} bytes); at most {max} bytes are allowed");
+                self.shared.metrics.reject(ErrorCode::TooLarge);
+                self.send_now(OpCode::Text, error_frame(ErrorCode::TooLarge, &msg, None).as_bytes()).await?;
+                self.close(1009, "frame too large").await?;
+            }
+            WsError::Utf8 => self.close(1007, "invalid UTF-8 in a text frame").await?,
+            WsError::Protocol(what) => {
+                tracing::debug!(conn = self.conn, error = what, "protocol violation");
+                let _ = self.close(1002, "protocol error").await;
+            }
+            WsError::Io(e) => return Err(e),
+        }
+        Ok(Flow::Stop)
     }
 
     fn reply_error(&self, code: ErrorCode, message: &str, reference: Option<&Ref>) {
@@ -455,31 +460,5 @@ where
             .send(cmd)
             .await
             .map_err(|_| FrameError::new(ErrorCode::Unavailable, "the server is shutting down"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::push_text_frame;
-
-    /// The header of each length class, checked against tungstenite's own encoder.
-    #[test]
-    fn text_frames_are_framed_as_tungstenite_frames_them() {
-        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 100_000] {
-            let payload = "x".repeat(len);
-            let mut ours = Vec::new();
-            push_text_frame(&mut ours, payload.as_bytes());
-            let mut theirs = Vec::new();
-            tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
-                payload.clone(),
-                tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
-                    tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
-                ),
-                true,
-            )
-            .format(&mut theirs)
-            .expect("format");
-            assert_eq!(ours, theirs, "payload of {len} bytes");
-        }
     }
 }

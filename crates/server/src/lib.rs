@@ -17,6 +17,7 @@ pub mod replay;
 pub mod shared;
 pub mod store;
 pub mod tls;
+pub mod ws;
 
 use std::future::Future;
 use std::sync::Arc;

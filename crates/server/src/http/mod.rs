@@ -16,9 +16,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 pub use caller::{Caller, request_token};
 pub use error::ApiError;
@@ -41,17 +39,6 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .fallback(|| async { ApiError::new(agentbus_protocol::ErrorCode::NotFound, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(shared.config.limits.max_message_bytes))
         .with_state(shared)
-}
-
-/// Buffers and limits of every server-side WebSocket. tungstenite's defaults (64 MiB
-/// messages, a 128 KiB read buffer zero-filled before each read) are far too loose.
-pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(max_message_bytes.saturating_mul(2).max(1 << 20))
-        .max_message_size(Some(max_message_bytes))
-        .max_frame_size(Some(max_message_bytes))
 }
 
 fn is_websocket_upgrade(req: &Request) -> bool {
@@ -90,13 +77,9 @@ async fn root(State(shared): State<Arc<Shared>>, mut req: Request) -> Response {
         _ => None,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let config = websocket_config(shared.config.limits.max_message_bytes);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                crate::conn::run(ws, shared, grant).await;
-            }
+            Ok(upgraded) => crate::conn::run(TokioIo::new(upgraded), shared, grant).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
