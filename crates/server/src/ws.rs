@@ -103,8 +103,9 @@ pub struct WsConn<S> {
     pending: Vec<u8>,
     /// How much of `pending` is consumed.
     parsed: usize,
-    /// A fragmented message, until its final frame.
-    partial: Option<Partial>,
+    /// A fragmented message, until its final frame (boxed: rare, and kept small while
+    /// absent).
+    partial: Option<Box<Partial>>,
     /// The largest message accepted, in bytes.
     max_message: usize,
 }
@@ -206,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                     return Err(WsError::Protocol("a new message inside a fragmented one"));
                 }
                 if !frame.fin {
-                    self.partial = Some(Partial { opcode: frame.opcode, payload: frame.payload });
+                    self.partial = Some(Box::new(Partial { opcode: frame.opcode, payload: frame.payload }));
                     return Ok(None);
                 }
                 (frame.opcode, frame.payload)

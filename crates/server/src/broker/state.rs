@@ -1,6 +1,6 @@
 //! The broker's state and its synchronous command handling.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -223,7 +223,18 @@ impl Topic {
 struct Conn {
     outbox: Arc<Outbox>,
     agent: Option<AgentId>,
-    topics: HashSet<TopicName>,
+    /// Its subscriptions: a few per connection, kept in a vector (a set would cost an
+    /// idle connection a hundred bytes more).
+    topics: Vec<TopicName>,
+}
+
+impl Conn {
+    /// Records a subscription (once).
+    fn add_topic(&mut self, topic: TopicName) {
+        if !self.topics.contains(&topic) {
+            self.topics.push(topic);
+        }
+    }
 }
 
 struct Agent {
@@ -312,7 +323,7 @@ impl Broker {
     pub fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Open { conn, outbox } => {
-                self.conns.insert(conn, Conn { outbox, agent: None, topics: HashSet::new() });
+                self.conns.insert(conn, Conn { outbox, agent: None, topics: Vec::new() });
             }
             Command::Close { conn } => self.close(conn),
             Command::Register { conn, frame, reference } => self.register(conn, frame, reference),
@@ -427,7 +438,7 @@ impl Broker {
             let _ = outbox.push(Outgoing::Replay(Box::new(replay)));
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.topics.insert(inbox);
+            c.add_topic(inbox);
         }
     }
 
@@ -449,7 +460,7 @@ impl Broker {
             let _ = outbox.push_frame(error_frame(ErrorCode::TooLarge, &msg, reference.as_ref()));
             return;
         }
-        c.topics.insert(frame.topic.clone());
+        c.add_topic(frame.topic.clone());
         let agent = c.agent.clone();
         let t = self.topic_mut(&frame.topic);
         let committed = t.committed;
@@ -488,7 +499,7 @@ impl Broker {
 
     fn unsubscribe(&mut self, conn: ConnId, topic: TopicName, reference: Option<Ref>) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        c.topics.remove(&topic);
+        c.topics.retain(|t| *t != topic);
         let outbox = c.outbox.clone();
         if let Some(t) = self.topics.get_mut(&topic) {
             t.subscribers.retain(|(id, _)| *id != conn);
