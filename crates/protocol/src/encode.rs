@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::client::{Ref, SendFrame};
 use crate::error::ErrorCode;
-use crate::names::TopicName;
+use crate::names::{AgentId, TopicName};
 
 /// A `message` frame lacking only its offset, which always comes last.
 #[derive(Debug, Clone)]
@@ -84,6 +84,15 @@ pub fn frame_is_on(frame: &str, topic: &TopicName) -> bool {
     frame
         .strip_prefix(r#"{"type":"message","topic":""#)
         .and_then(|rest| rest.strip_prefix(topic.as_str()))
+        .is_some_and(|rest| rest.starts_with('"'))
+}
+
+/// Whether an encoded `message` frame is on `agent`'s inbox (topic `@agent`), without
+/// parsing it or building the inbox's name.
+pub fn frame_is_on_inbox_of(frame: &str, agent: &AgentId) -> bool {
+    frame
+        .strip_prefix(r#"{"type":"message","topic":"@"#)
+        .and_then(|rest| rest.strip_prefix(agent.as_str()))
         .is_some_and(|rest| rest.starts_with('"'))
 }
 
@@ -199,6 +208,10 @@ mod tests {
         assert_eq!(frame_offset(frame), Some(42));
         assert!(frame_is_on(frame, &t));
         assert!(!frame_is_on(r#"{"type":"message","topic":"@ab","offset":1}"#, &t));
+        let ab = AgentId::new("ab").expect("agent");
+        assert!(frame_is_on_inbox_of(r#"{"type":"message","topic":"@ab","offset":1}"#, &ab));
+        assert!(!frame_is_on_inbox_of(r#"{"type":"message","topic":"@abc","offset":1}"#, &ab));
+        assert!(!frame_is_on_inbox_of(r#"{"type":"message","topic":"ab","offset":1}"#, &ab));
         assert_eq!(frame_offset(r#"{"type":"ack"}"#), None);
     }
 

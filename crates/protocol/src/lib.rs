@@ -12,7 +12,9 @@ mod names;
 mod server;
 
 pub use client::{ClientFrame, HistoryFrame, ParseLimits, Ref, RegisterFrame, SearchFrame, SendFrame, SubscribeFrame};
-pub use encode::{MessageDraft, ack_frame, error_frame, frame_is_on, frame_offset, history_frame, replay_frame};
+pub use encode::{
+    MessageDraft, ack_frame, error_frame, frame_is_on, frame_is_on_inbox_of, frame_offset, history_frame, replay_frame,
+};
 pub use error::{ErrorCode, FrameError};
 pub use names::{AgentId, MAX_NAME_LEN, NameError, TopicName};
 pub use server::{AgentPresence, Message, SearchHit, ServerFrame, TopicInfo};

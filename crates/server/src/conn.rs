@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use agentbus_protocol::{
-    AgentId, ClientFrame, ErrorCode, FrameError, Ref, ServerFrame, TopicName, error_frame, frame_is_on, frame_offset,
+    AgentId, ClientFrame, ErrorCode, FrameError, Ref, ServerFrame, error_frame, frame_is_on_inbox_of, frame_offset,
     history_frame,
 };
 use futures_util::FutureExt;
@@ -90,8 +90,6 @@ struct Connection<S> {
     conn: ConnId,
     outbox: Arc<Outbox>,
     agent: Option<AgentId>,
-    /// The registered agent's inbox, whose delivery is reported to the broker.
-    inbox: Option<TopicName>,
     /// What the client proved it may do (authentication on).
     grant: Option<Arc<Grant>>,
     /// `limits.messages_per_second`, when set.
@@ -117,8 +115,7 @@ where
     let _counted = Counted::new(shared.clone());
     let rate = NonZeroU32::new(shared.config.limits.messages_per_second)
         .map(|n| Box::new(RateLimiter::direct(Quota::per_second(n))));
-    let mut c =
-        Connection { ws, shared, conn, outbox, agent: None, inbox: None, grant, rate, last_seen: Instant::now() };
+    let mut c = Connection { ws, shared, conn, outbox, agent: None, grant, rate, last_seen: Instant::now() };
     match c.serve().await {
         Ok(()) => tracing::debug!(conn, "connection closed"),
         Err(e) => tracing::debug!(conn, error = %e, "connection ended"),
@@ -133,9 +130,7 @@ where
     /// boxed: the task then keeps only this loop's small state while it waits, not the
     /// largest of those futures (about 1.5 KiB per idle connection).
     async fn serve(&mut self) -> std::io::Result<()> {
-        let mut shutdown = self.shared.shutdown.clone();
         let interval = self.shared.config.limits.ping_interval();
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut batch = VecDeque::new();
         loop {
             tokio::select! {
@@ -163,23 +158,21 @@ where
                         let agent = self.agent.as_ref().map_or("-", |a| a.as_str());
                         tracing::warn!(conn = self.conn, agent, "closing slow consumer");
                         let msg = "you fell behind by more than the outbox limit; resubscribe with `since` to resume";
-                        self.send_now(OpCode::Text, error_frame(ErrorCode::SlowConsumer, msg, None).as_bytes()).await?;
+                        let frame = error_frame(ErrorCode::SlowConsumer, msg, None);
+                        Box::pin(self.send_now(OpCode::Text, frame.as_bytes())).await?;
                         return Box::pin(self.close(CLOSE_SLOW_CONSUMER, "slow consumer")).await;
                     }
                     OutboxState::Closed => return Box::pin(self.close(1001, "server shutting down")).await,
+                    OutboxState::Ping => {
+                        if !batch.is_empty() {
+                            Box::pin(self.write_batch(&mut batch)).await?;
+                        }
+                        if self.last_seen.elapsed() > interval * 3 {
+                            return Box::pin(self.close(1001, "idle timeout")).await;
+                        }
+                        Box::pin(self.send_now(OpCode::Ping, &[])).await?;
+                    }
                 },
-                _ = ping.tick() => {
-                    if self.last_seen.elapsed() > interval * 3 {
-                        return Box::pin(self.close(1001, "idle timeout")).await;
-                    }
-                    self.send_now(OpCode::Ping, &[]).await?;
-                }
-                _ = shutdown.changed() => {
-                    if self.outbox.try_drain(&mut batch) == OutboxState::Open {
-                        Box::pin(self.write_batch(&mut batch)).await?;
-                    }
-                    return Box::pin(self.close(1001, "server shutting down")).await;
-                }
             }
         }
     }
@@ -224,8 +217,9 @@ where
         while let Some(item) = batch.pop_front() {
             match item {
                 Outgoing::Frame(f) => {
-                    if let Some(inbox) = &self.inbox
-                        && frame_is_on(&f, inbox)
+                    // Delivery on the agent's inbox is reported to the broker.
+                    if let Some(agent) = &self.agent
+                        && frame_is_on_inbox_of(&f, agent)
                     {
                         inbox_written = frame_offset(&f).unwrap_or(0).max(inbox_written);
                     }
@@ -234,7 +228,7 @@ where
                     self.write_chunk(&mut out, WRITE_CHUNK).await?;
                 }
                 Outgoing::Replay(r) => {
-                    let is_inbox = self.inbox.as_ref() == Some(&r.topic);
+                    let is_inbox = self.agent.as_ref().is_some_and(|a| r.topic.inbox_owner() == Some(a.as_str()));
                     let mut cursor = ReplayCursor::new(*r, self.shared.metrics.clone());
                     loop {
                         match cursor.next_page(&self.shared.store).await {
@@ -393,7 +387,6 @@ where
                     }
                     self.grant = Some(granted);
                 }
-                self.inbox = Some(TopicName::inbox(&frame.agent_id));
                 self.agent = Some(frame.agent_id.clone());
                 Command::Register { conn, frame, reference }
             }

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
 
-use crate::broker::{Broker, BrokerOptions};
+use crate::broker::{Broker, BrokerOptions, Command};
 use crate::config::pattern_matches;
 use crate::shared::Shared;
 use crate::store::indexer;
@@ -147,6 +147,26 @@ pub async fn serve_with_store(
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
+    // Ping ticks and the shutdown reach each WebSocket through its outbox, from the
+    // broker: a connection holds no timer or watch of its own while it is idle.
+    {
+        let (broker, mut stop) = (shared.broker.clone(), shutdown_rx.clone());
+        let interval = shared.config.limits.ping_interval();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        let _ = broker.try_send(Command::PingAll);
+                    }
+                    _ = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
+                        let _ = broker.send(Command::Shutdown).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
 
     let app = http::app(shared.clone());
     listener::serve(listener, tls, app, shared.clone()).await;

@@ -8,9 +8,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
 
 use agentbus_protocol::{Ref, TopicName};
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A stored-history read the connection task performs before it sends anything queued
@@ -62,6 +63,9 @@ pub enum OutboxState {
     SlowConsumer,
     /// The server closed this outbox (shutdown or a duplicate session).
     Closed,
+    /// Time to check that the client is alive (the broker's ping tick); frames may have
+    /// been drained too.
+    Ping,
 }
 
 /// Why a push was refused.
@@ -78,13 +82,17 @@ struct State {
     items: VecDeque<Outgoing>,
     bytes: usize,
     status: OutboxState,
+    /// A ping tick is waiting for the consumer.
+    ping: bool,
 }
 
 /// A byte-bounded, multi-producer, single-consumer queue of frames.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
+    /// The consumer's waker (one consumer: an `AtomicWaker` is all it takes, and the
+    /// consumer's waiting future holds no waiter of its own).
+    waker: AtomicWaker,
     /// Bytes that may wait here; past it the connection is a slow consumer.
     limit_bytes: usize,
 }
@@ -93,8 +101,8 @@ impl Outbox {
     /// A new, empty outbox holding at most `limit_bytes` of frames.
     pub fn new(limit_bytes: usize) -> Self {
         Self {
-            state: Mutex::new(State { items: VecDeque::new(), bytes: 0, status: OutboxState::Open }),
-            notify: Notify::new(),
+            state: Mutex::new(State { items: VecDeque::new(), bytes: 0, status: OutboxState::Open, ping: false }),
+            waker: AtomicWaker::new(),
             limit_bytes,
         }
     }
@@ -119,7 +127,7 @@ impl Outbox {
             state.items = VecDeque::new();
             state.bytes = 0;
             drop(state);
-            self.notify.notify_one();
+            self.waker.wake();
             return Err(PushError::Overflow);
         }
         let was_empty = state.items.is_empty();
@@ -127,7 +135,7 @@ impl Outbox {
         state.bytes += size;
         drop(state);
         if was_empty {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         Ok(())
     }
@@ -145,7 +153,18 @@ impl Outbox {
             state.status = OutboxState::Closed;
         }
         drop(state);
-        self.notify.notify_one();
+        self.waker.wake();
+    }
+
+    /// Asks the consumer to check that its client is alive (see [`OutboxState::Ping`]).
+    pub fn ping(&self) {
+        let mut state = self.lock();
+        if state.status != OutboxState::Open {
+            return;
+        }
+        state.ping = true;
+        drop(state);
+        self.waker.wake();
     }
 
     /// Whether the outbox still accepts items.
@@ -156,12 +175,18 @@ impl Outbox {
     /// Moves everything queued into `into` (which should be empty), waiting until
     /// there is something or the outbox is overflowed or closed. Cancel-safe.
     pub async fn drain(&self, into: &mut VecDeque<Outgoing>) -> OutboxState {
-        loop {
+        std::future::poll_fn(|cx| {
             if let Some(state) = self.take(into) {
-                return state;
+                return Poll::Ready(state);
             }
-            self.notify.notified().await;
-        }
+            self.waker.register(cx.waker());
+            // Anything pushed before the registration is seen here.
+            match self.take(into) {
+                Some(state) => Poll::Ready(state),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Takes whatever is queued now, without waiting (`Open` when there was nothing).
@@ -176,22 +201,55 @@ impl Outbox {
         if state.status == OutboxState::SlowConsumer {
             return Some(OutboxState::SlowConsumer);
         }
+        let ping = std::mem::take(&mut state.ping);
         if !state.items.is_empty() {
             std::mem::swap(&mut state.items, into);
             state.bytes = 0;
             // Items queued before a close still go out; the close is seen next time.
-            return Some(OutboxState::Open);
+            return Some(if ping { OutboxState::Ping } else { OutboxState::Open });
         }
-        (state.status == OutboxState::Closed).then_some(OutboxState::Closed)
+        if state.status == OutboxState::Closed {
+            return Some(OutboxState::Closed);
+        }
+        ping.then_some(OutboxState::Ping)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
     use super::*;
 
     fn frame(s: &str) -> Outgoing {
         Outgoing::Frame(Utf8Bytes::from(s.to_owned()))
+    }
+
+    #[tokio::test]
+    async fn a_ping_wakes_the_consumer_and_travels_with_queued_frames() {
+        let outbox = Arc::new(Outbox::new(1024));
+        let waiting = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut q = VecDeque::new();
+                let state = outbox.drain(&mut q).await;
+                (state, q.len())
+            })
+        };
+        tokio::task::yield_now().await;
+        outbox.ping();
+        assert_eq!(waiting.await.unwrap(), (OutboxState::Ping, 0));
+        outbox.push(frame("a")).unwrap();
+        outbox.ping();
+        let mut q = VecDeque::new();
+        assert_eq!(outbox.try_drain(&mut q), OutboxState::Ping);
+        assert_eq!(q.len(), 1);
+        assert_eq!(outbox.try_drain(&mut VecDeque::new()), OutboxState::Open, "a ping is reported once");
+        outbox.close();
+        outbox.ping();
+        assert_eq!(outbox.try_drain(&mut VecDeque::new()), OutboxState::Closed);
     }
 
     #[tokio::test]

@@ -379,8 +379,9 @@ async fn a_slow_handshake_and_a_silent_connection_are_closed() {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(TIMEOUT, slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the server closed the half-open request");
-    // A WebSocket client that answers nothing (not even pings) is closed as idle.
+    // A WebSocket client that answers nothing (not even pings) is closed as idle: at the
+    // first server-wide ping tick after three quiet intervals, so within four.
     let mut quiet = server.connect().await;
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     assert_eq!(quiet.closed().await, Some(1001));
 }

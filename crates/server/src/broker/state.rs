@@ -174,6 +174,10 @@ pub enum Command {
         /// Fired with the last committed offset.
         reply: oneshot::Sender<u64>,
     },
+    /// Time for every connection to check that its client is alive.
+    PingAll,
+    /// The server is shutting down: close every outbox, now and on opening.
+    Shutdown,
 }
 
 /// The broker's counts, for the metrics gauges.
@@ -232,7 +236,7 @@ impl Conn {
     /// Records a subscription (once).
     fn add_topic(&mut self, topic: TopicName) {
         if !self.topics.contains(&topic) {
-            self.topics.push(topic);
+            push_small(&mut self.topics, topic);
         }
     }
 }
@@ -261,6 +265,8 @@ pub struct Broker {
     resume_needed: bool,
     /// Failures still arriving from before the rewind must not rewind again.
     awaiting_resume: bool,
+    /// The server is shutting down: outboxes are closed as they open.
+    closing: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -290,6 +296,7 @@ impl Broker {
             to_write: Vec::new(),
             resume_needed: false,
             awaiting_resume: false,
+            closing: false,
             metrics,
             options,
         };
@@ -323,7 +330,19 @@ impl Broker {
     pub fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Open { conn, outbox } => {
+                if self.closing {
+                    outbox.close();
+                }
                 self.conns.insert(conn, Conn { outbox, agent: None, topics: Vec::new() });
+            }
+            Command::PingAll => {
+                for c in self.conns.values() {
+                    c.outbox.ping();
+                }
+            }
+            Command::Shutdown => {
+                self.closing = true;
+                self.close_all();
             }
             Command::Close { conn } => self.close(conn),
             Command::Register { conn, frame, reference } => self.register(conn, frame, reference),
@@ -429,7 +448,7 @@ impl Broker {
         let inbox = TopicName::inbox(&agent_id);
         let cursor = self.cursors.get(agent_id.as_str()).copied().unwrap_or(0);
         let t = self.topic_mut(&inbox);
-        t.subscribers.push((conn, outbox.clone()));
+        push_small(&mut t.subscribers, (conn, outbox.clone()));
         let committed = t.committed;
         if committed > cursor {
             let replay =
@@ -485,7 +504,7 @@ impl Broker {
             subscribed: Some(SubscribedReply { epoch, recovery, reset, reference }),
         };
         if outbox.push(Outgoing::Replay(Box::new(replay))).is_ok() && !already {
-            t.subscribers.push((conn, outbox));
+            push_small(&mut t.subscribers, (conn, outbox));
         }
         match agent {
             Some(a) => {
@@ -706,6 +725,16 @@ impl Broker {
     }
 }
 
+/// Pushes onto a vector that is usually tiny (an agent's inbox has one subscriber, a
+/// connection a couple of topics): its first slots grow one at a time instead of four at
+/// once, which matters with tens of thousands of idle connections.
+fn push_small<T>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() && v.len() < 4 {
+        v.reserve_exact(1);
+    }
+    v.push(item);
+}
+
 fn send_ack(origin: Origin, result: Result<Ack, FrameError>) {
     match origin {
         Reply::Outbox(outbox, reference) => {
@@ -741,6 +770,19 @@ mod tests {
             max_waiters: 10,
         };
         Broker::new(options, Vec::new(), Vec::new(), Vec::new(), Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn shutdown_closes_every_outbox_and_those_opened_after_it() {
+        let mut b = broker();
+        let before = open(&mut b, 1);
+        b.handle(Command::PingAll);
+        assert_eq!(before.try_drain(&mut VecDeque::new()), OutboxState::Ping);
+        b.handle(Command::Shutdown);
+        let after = open(&mut b, 2);
+        for outbox in [before, after] {
+            assert_eq!(outbox.try_drain(&mut VecDeque::new()), OutboxState::Closed);
+        }
     }
 
     fn open(b: &mut Broker, conn: ConnId) -> Arc<Outbox> {

@@ -127,7 +127,8 @@ impl Stream {
             }
             tokio::select! {
                 state = self.outbox.drain(&mut self.queue) => match state {
-                    OutboxState::Open => {}
+                    // A stream has its own keep-alive comments.
+                    OutboxState::Open | OutboxState::Ping => {}
                     OutboxState::SlowConsumer => self.fail(
                         ErrorCode::SlowConsumer,
                         "you fell behind by more than the outbox limit; reconnect with Last-Event-ID to resume",
