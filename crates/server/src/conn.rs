@@ -281,20 +281,28 @@ where
         Ok(())
     }
 
-    /// Handles every complete message received so far.
+    /// Handles every complete message received so far. Of the pings among them only the
+    /// last is answered (RFC 6455 §5.5.3 allows it), so a flood of pings costs one write
+    /// per read, not one per ping.
     async fn on_received(&mut self) -> std::io::Result<Flow> {
         self.last_seen = Instant::now();
+        let mut pong = None;
         loop {
             match self.ws.next_message() {
+                Ok(Some(Incoming::Ping(payload))) => pong = Some(payload),
                 Ok(Some(msg)) => {
                     if self.on_incoming(msg).await? == Flow::Stop {
                         return Ok(Flow::Stop);
                     }
                 }
-                Ok(None) => return Ok(Flow::Continue),
+                Ok(None) => break,
                 Err(e) => return self.on_violation(e).await,
             }
         }
+        if let Some(payload) = pong {
+            self.send_now(OpCode::Pong, &payload).await?;
+        }
+        Ok(Flow::Continue)
     }
 
     async fn on_incoming(&mut self, msg: Incoming) -> std::io::Result<Flow> {

@@ -367,6 +367,41 @@ async fn the_client_speaks_wss_to_a_tls_server_it_trusts() {
 }
 
 #[tokio::test]
+async fn a_ping_flood_gets_one_pong_per_read_and_the_connection_keeps_working() {
+    let server = TestServer::builder().ephemeral().start().await;
+    let mut c = server.connect().await;
+    const PINGS: usize = 5000;
+    // Masked pings with a 1-byte payload (mask 0: the payload is sent as is), in one write.
+    let mut flood = Vec::with_capacity(PINGS * 7);
+    for i in 0..PINGS {
+        flood.extend_from_slice(&[0x89, 0x81, 0, 0, 0, 0, (i % 256) as u8]);
+    }
+    if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = c.inner().get_mut() {
+        tcp.write_all(&flood).await.unwrap();
+    }
+    c.send(json!({"type":"ping","ref":"after-flood"})).await;
+    let (mut pongs, mut last) = (0, None);
+    loop {
+        let msg = tokio::time::timeout(TIMEOUT, c.inner().next()).await.expect("a reply").expect("open").unwrap();
+        match msg {
+            Message::Pong(payload) => {
+                assert_eq!(payload.len(), 1);
+                last = Some(payload[0]);
+                pongs += 1;
+            }
+            Message::Text(t) => {
+                assert_eq!(serde_json::from_str::<Value>(&t).unwrap(), json!({"type":"pong","ref":"after-flood"}));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!((1..PINGS / 10).contains(&pongs), "{pongs} pongs for {PINGS} pings");
+    // The last ping of the flood is answered, with its own payload.
+    assert_eq!(last, Some(((PINGS - 1) % 256) as u8));
+}
+
+#[tokio::test]
 async fn a_slow_handshake_and_a_silent_connection_are_closed() {
     let server = TestServer::builder()
         .ephemeral()
