@@ -850,6 +850,22 @@ mod sqlite_only {
     }
 
     #[test]
+    fn trimmed_entries_are_purged_even_while_new_messages_keep_arriving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&store, &numbered("t", 1, 10)).unwrap();
+        assert_eq!(store.maintain(1000).unwrap(), 10);
+        assert_eq!(store.trim(&keep(2, 0), 0, 100).unwrap(), 8);
+        // The index is never idle from here on: every step finds a new message.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        append(&store, &numbered("t", 11, 11)).unwrap();
+        assert_eq!(store.maintain(1000).unwrap(), 1);
+        let index = rusqlite::Connection::open(dir.path().join("agentbus-search.db")).unwrap();
+        let entries: i64 = index.query_row("SELECT count(*) FROM search", [], |r| r.get(0)).unwrap();
+        assert_eq!(entries, 3, "offsets 9, 10 and 11 remain");
+    }
+
+    #[test]
     fn a_missing_or_damaged_search_index_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let index = dir.path().join("agentbus-search.db");

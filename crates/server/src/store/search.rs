@@ -12,7 +12,7 @@
 //! index entry.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, params};
 
@@ -24,6 +24,9 @@ const INDEX_VERSION: i64 = 1;
 
 /// Index entries checked against the messages per purge step.
 const PURGE_STEP: usize = 10_000;
+
+/// Under steady traffic the index is never idle: it still purges a step this often.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a connection waits for a lock held by another one.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,6 +62,8 @@ pub struct SearchIndex {
     indexed_upto: i64,
     /// Where the next purge step starts.
     purge_after: i64,
+    /// When the last purge step ran.
+    purged_at: Instant,
 }
 
 /// Why an existing index file is not used.
@@ -99,12 +104,13 @@ impl SearchIndex {
         let messages = Connection::open_with_flags(messages_db, flags)?;
         messages.busy_timeout(BUSY_TIMEOUT)?;
         let indexed_upto = index.query_row("SELECT indexed_upto FROM state", [], |r| r.get(0))?;
-        Ok(SearchIndex { messages, index, indexed_upto, purge_after: 0 })
+        Ok(SearchIndex { messages, index, indexed_upto, purge_after: 0, purged_at: Instant::now() })
     }
 
     /// Indexes up to `budget` messages not yet indexed, in one transaction, and returns
-    /// how many it read. With nothing to index, purges the entries of up to
-    /// [`PURGE_STEP`] trimmed messages instead (and returns 0).
+    /// how many it read. With nothing to index, or once caught up and [`PURGE_EVERY`]
+    /// after the last purge, it also purges the entries of trimmed messages among the
+    /// next [`PURGE_STEP`] entries.
     pub fn step(&mut self, budget: usize) -> rusqlite::Result<u64> {
         if budget == 0 {
             return Ok(0);
@@ -131,12 +137,16 @@ impl SearchIndex {
         tx.prepare_cached(SET_INDEXED_UPTO)?.execute([upto])?;
         tx.commit()?;
         self.indexed_upto = upto;
+        if rows.len() < budget && self.purged_at.elapsed() >= PURGE_EVERY {
+            self.purge()?;
+        }
         Ok(rows.len() as u64)
     }
 
     /// Removes the entries of trimmed messages among the next [`PURGE_STEP`] entries,
     /// going round the index step by step.
     fn purge(&mut self) -> rusqlite::Result<()> {
+        self.purged_at = Instant::now();
         let limit = i64::try_from(PURGE_STEP).unwrap_or(i64::MAX);
         let indexed: Vec<i64> = {
             let mut stmt = self.index.prepare_cached(INDEXED_AFTER)?;
