@@ -81,18 +81,22 @@ pub fn frame_offset(frame: &str) -> Option<u64> {
 
 /// Whether an encoded `message` frame belongs to `topic`, without parsing it.
 pub fn frame_is_on(frame: &str, topic: &TopicName) -> bool {
-    frame
-        .strip_prefix(r#"{"type":"message","topic":""#)
-        .and_then(|rest| rest.strip_prefix(topic.as_str()))
-        .is_some_and(|rest| rest.starts_with('"'))
+    frame_topic_is(frame, "", topic.as_str())
 }
 
 /// Whether an encoded `message` frame is on `agent`'s inbox (topic `@agent`), without
 /// parsing it or building the inbox's name.
 pub fn frame_is_on_inbox_of(frame: &str, agent: &AgentId) -> bool {
+    frame_topic_is(frame, "@", agent.as_str())
+}
+
+/// Whether the topic of an encoded `message` frame (the encoder writes it first) is
+/// `prefix` followed by `name`.
+fn frame_topic_is(frame: &str, prefix: &str, name: &str) -> bool {
     frame
-        .strip_prefix(r#"{"type":"message","topic":"@"#)
-        .and_then(|rest| rest.strip_prefix(agent.as_str()))
+        .strip_prefix(r#"{"type":"message","topic":""#)
+        .and_then(|rest| rest.strip_prefix(prefix))
+        .and_then(|rest| rest.strip_prefix(name))
         .is_some_and(|rest| rest.starts_with('"'))
 }
 

@@ -6,21 +6,18 @@
 //! checkpoint thread, which runs a passive checkpoint on its own connection: it never
 //! takes the write lock, so commits go on while it copies.
 
+use rusqlite::Connection;
+use rusqlite::hooks::Wal;
+use rusqlite::wal::CheckpointMode;
 use std::ffi::c_int;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use rusqlite::Connection;
-use rusqlite::hooks::Wal;
-use rusqlite::wal::CheckpointMode;
+use super::sqlite::BUSY_TIMEOUT;
 
 /// Pages in the log that wake the checkpoint thread (SQLite's own default threshold).
 pub const CHECKPOINT_PAGES: c_int = 1000;
-
-/// How long the checkpoint connection waits for a lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The checkpoint thread. Dropping it ends the thread (once every hook made by
 /// [`Checkpointer::hook`] is gone too) and waits for it.

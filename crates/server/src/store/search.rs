@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, params};
 
+use super::sqlite::BUSY_TIMEOUT;
+
 /// The index file inside the data folder.
 pub const SEARCH_DB_FILE: &str = "agentbus-search.db";
 
@@ -27,9 +29,6 @@ const PURGE_STEP: usize = 10_000;
 
 /// Under steady traffic the index is never idle: it still purges a step this often.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
-
-/// How long a connection waits for a lock held by another one.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The index schema: `state` ties the file to one store and records how far it got.
 const SCHEMA: &str = "CREATE TABLE state (

@@ -51,8 +51,9 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// Idle read connections kept for reuse; more are opened when needed.
 const IDLE_READERS: usize = 8;
 
-/// How long a connection waits for a lock held by another one.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection (of this store, its index or its checkpoints) waits for a lock
+/// held by another one.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest write-ahead log kept after a checkpoint, in bytes.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
