@@ -11,6 +11,12 @@ mod serve;
 
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: every message allocates on the connection
+/// threads and is freed on the writer's (or the other way round), a pattern on which
+/// glibc's allocator spent about a fifth of the server's time (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// A real-time message bus for AI agents.

@@ -204,7 +204,15 @@ fn missing(field: &str) -> FrameError {
 }
 
 fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, FrameError> {
-    serde_json::from_str::<Cow<'a, str>>(raw.get())
+    let text = raw.get();
+    // The raw value is valid JSON: between its quotes, a string without escapes is
+    // its own text, borrowed from the frame.
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
+        && !inner.contains('\\')
+    {
+        return Ok(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<Cow<'a, str>>(text)
         .map_err(|_| err(ErrorCode::InvalidField, format!("field `{field}` must be a string")))
 }
 
@@ -445,6 +453,21 @@ mod tests {
         assert_eq!(m.content.get(), r#""Hello from remote!""#);
         assert_eq!(m.destination().as_str(), "orchestrator");
         assert_eq!(m.to_agent.expect("to").as_str(), "board");
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded_and_plain_ones_borrowed() {
+        let text = r#"{"type":"send","topic":"a\u002eb","content":1,"id":"x\"y\\z","from_agent":"me"}"#;
+        let ClientFrame::Send(m) = parse(text).expect("send") else { panic!("not send") };
+        assert_eq!(m.destination().as_str(), "a.b");
+        assert_eq!(m.id.as_deref(), Some("x\"y\\z"));
+        assert_eq!(m.from_agent.expect("from").as_str(), "me");
+        let raw: &RawValue = serde_json::from_str(r#""plain""#).expect("raw");
+        assert!(matches!(string("f", raw), Ok(Cow::Borrowed("plain"))));
+        let raw: &RawValue = serde_json::from_str(r#""tab\t""#).expect("raw");
+        assert_eq!(string("f", raw).expect("string"), "tab\t");
+        let raw: &RawValue = serde_json::from_str("12").expect("raw");
+        assert_eq!(string("f", raw).expect_err("number").code, ErrorCode::InvalidField);
     }
 
     #[test]

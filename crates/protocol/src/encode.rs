@@ -4,6 +4,8 @@
 //! [`MessageDraft`]: every field but the offset. The broker appends the offset it assigns
 //! ([`MessageDraft::finish`]) and every subscriber shares the resulting bytes.
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 use crate::client::{Ref, SendFrame};
@@ -16,16 +18,40 @@ pub struct MessageDraft {
     prefix: String,
 }
 
+/// Appends `s` as a JSON string. Strings that need no escaping (ids, names, most
+/// text) are copied as they are; the others go through serde_json.
 fn push_json_str(out: &mut String, s: &str) {
-    // Writing a str into a String cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Serializing a str cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
+/// Appends a client's `ref` as JSON.
+fn push_ref(out: &mut String, r: &Ref) {
+    match &r.0 {
+        serde_json::Value::String(s) => push_json_str(out, s),
+        serde_json::Value::Number(n) => {
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{n}");
+        }
+        other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
+    }
 }
 
 impl MessageDraft {
     /// Encodes every field of the message `send` except its offset.
     pub fn new(topic: &TopicName, id: &str, timestamp: &str, from_agent: &str, send: &SendFrame<'_>) -> Self {
         let content = send.content.get();
-        let mut prefix = String::with_capacity(120 + content.len() + topic.as_str().len() + id.len());
+        // Room for the offset and the closing brace, appended by `finish` in place.
+        let mut prefix = String::with_capacity(
+            160 + content.len() + topic.as_str().len() + id.len() + from_agent.len() + meta_len(send),
+        );
         prefix.push_str(r#"{"type":"message","topic":""#);
         prefix.push_str(topic.as_str()); // validated names need no escaping
         prefix.push_str(r#"","id":"#);
@@ -53,10 +79,10 @@ impl MessageDraft {
         Self { prefix }
     }
 
-    /// The complete frame with `offset`.
-    pub fn finish(&self, offset: u64) -> String {
-        let mut out = String::with_capacity(self.prefix.len() + 21);
-        out.push_str(&self.prefix);
+    /// The complete frame with `offset`, written after the other fields in the same
+    /// buffer.
+    pub fn finish(self, offset: u64) -> String {
+        let mut out = self.prefix;
         out.push_str(itoa::Buffer::new().format(offset));
         out.push('}');
         out
@@ -109,6 +135,12 @@ pub fn replay_frame(stored: &str) -> String {
     out
 }
 
+/// Bytes of the optional fields of `send` that have no bound of their own.
+fn meta_len(send: &SendFrame<'_>) -> usize {
+    send.meta.map_or(0, |m| m.get().len()) + send.in_reply_to.as_deref().map_or(0, str::len)
+}
+
+#[cfg(test)]
 #[derive(Serialize)]
 struct AckOut<'a> {
     #[serde(rename = "type")]
@@ -133,8 +165,24 @@ pub fn ack_frame(
     duplicate: bool,
     reference: Option<&Ref>,
 ) -> String {
-    let ack = AckOut { kind: "ack", id, topic: topic.as_str(), offset, delivered, duplicate, reference };
-    serde_json::to_string(&ack).unwrap_or_default()
+    let mut out = String::with_capacity(64 + id.len() + topic.as_str().len());
+    out.push_str(r#"{"type":"ack","id":"#);
+    push_json_str(&mut out, id);
+    out.push_str(r#","topic":""#);
+    out.push_str(topic.as_str()); // validated names need no escaping
+    out.push_str(r#"","offset":"#);
+    out.push_str(itoa::Buffer::new().format(offset));
+    out.push_str(r#","delivered":"#);
+    out.push_str(itoa::Buffer::new().format(delivered));
+    if duplicate {
+        out.push_str(r#","duplicate":true"#);
+    }
+    if let Some(r) = reference {
+        out.push_str(r#","ref":"#);
+        push_ref(&mut out, r);
+    }
+    out.push('}');
+    out
 }
 
 #[derive(Serialize)]
@@ -171,7 +219,7 @@ pub fn history_frame<'a>(
     out.push(']');
     if let Some(r) = reference {
         out.push_str(r#","ref":"#);
-        out.push_str(&serde_json::to_string(r).unwrap_or_default());
+        push_ref(&mut out, r);
     }
     out.push('}');
     out
@@ -191,7 +239,7 @@ mod tests {
         };
         let topic = send.destination();
         let draft = MessageDraft::new(&topic, "id\"1", "2026-01-01T00:00:00.000Z", "me", &send);
-        let frame = draft.finish(18446744073709551615);
+        let frame = draft.clone().finish(18446744073709551615);
         let ServerFrame::Message(m) = serde_json::from_str::<ServerFrame>(&frame).expect("valid json") else {
             panic!("not a message")
         };
@@ -203,6 +251,45 @@ mod tests {
         assert_eq!(m.replay, None);
         let replay: Message = serde_json::from_str(&replay_frame(&draft.finish(0))).expect("replay json");
         assert_eq!((replay.offset, replay.replay), (0, Some(true)));
+    }
+
+    #[test]
+    fn acks_are_what_serde_writes() {
+        let topic = TopicName::new("a.b").expect("topic");
+        let refs = [
+            None,
+            Some(Ref(serde_json::json!("r-1"))),
+            Some(Ref(serde_json::json!("q\"u\\o\u{1}te é"))),
+            Some(Ref(serde_json::json!(42))),
+            Some(Ref(serde_json::json!(-1.5e300))),
+            Some(Ref(serde_json::json!(u64::MAX))),
+        ];
+        for id in ["m-1", "with \"quotes\" and \\", "tab\tnew\nline\u{7f}", "naïve ✓", ""] {
+            for reference in &refs {
+                for (offset, delivered, duplicate) in [(0, 0, false), (u64::MAX, usize::MAX, true)] {
+                    let ours = ack_frame(id, &topic, offset, delivered, duplicate, reference.as_ref());
+                    let ack = AckOut {
+                        kind: "ack",
+                        id,
+                        topic: "a.b",
+                        offset,
+                        delivered,
+                        duplicate,
+                        reference: reference.as_ref(),
+                    };
+                    assert_eq!(ours, serde_json::to_string(&ack).expect("serde"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_strings_are_what_serde_writes() {
+        for s in ["", "plain", "\"", "\\", "\u{0}\u{1f} ", "\u{7f}é✓/</", "a\"b\\c\nd"] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).expect("serde"));
+        }
     }
 
     #[test]

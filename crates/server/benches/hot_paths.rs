@@ -36,7 +36,7 @@ fn encode(c: &mut Criterion) {
     c.bench_function("encode_draft_and_finish", |b| {
         b.iter(|| {
             let draft = MessageDraft::new(&topic, "mx5hm31-1f", "2026-11-26T06:07:29.803Z", "test-agent", &send);
-            black_box(draft.finish(black_box(123_456)))
+            black_box(draft.clone().finish(black_box(123_456)))
         })
     });
 }

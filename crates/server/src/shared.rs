@@ -77,7 +77,15 @@ impl Shared {
 
     /// A new message id, unique across restarts.
     pub fn new_message_id(&self) -> String {
-        format!("{}-{:x}", self.boot_epoch, self.next_message.fetch_add(1, Ordering::Relaxed))
+        let n = self.next_message.fetch_add(1, Ordering::Relaxed);
+        let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(1);
+        let mut id = String::with_capacity(self.boot_epoch.len() + 1 + digits as usize);
+        id.push_str(&self.boot_epoch);
+        id.push('-');
+        for shift in (0..digits).rev() {
+            id.push(char::from(b"0123456789abcdef"[((n >> (shift * 4)) & 0xf) as usize]));
+        }
+        id
     }
 
     /// Turns a validated `send` into a publish for the broker: resolves the sender,
@@ -89,10 +97,10 @@ impl Shared {
         anonymous: Option<&str>,
         origin: Origin,
     ) -> Result<Publish, FrameError> {
-        let from_agent = match (&send.from_agent, registered, anonymous) {
-            (Some(a), _, _) => a.as_str(),
-            (None, Some(a), _) => a.as_str(),
-            (None, None, Some(a)) => a,
+        let from_agent: Arc<str> = match (&send.from_agent, registered, anonymous) {
+            (Some(a), _, _) => a.to_shared(),
+            (None, Some(a), _) => a.to_shared(),
+            (None, None, Some(a)) => Arc::from(a),
             (None, None, None) => {
                 return Err(FrameError::new(
                     ErrorCode::NotRegistered,
@@ -108,9 +116,9 @@ impl Shared {
         let timestamp_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let timestamp = humantime::format_rfc3339_millis(now).to_string();
         let topic = send.destination();
-        let draft = MessageDraft::new(&topic, &id, &timestamp, from_agent, send);
+        let draft = MessageDraft::new(&topic, &id, &timestamp, &from_agent, send);
         let received = Instant::now();
-        Ok(Publish { topic, id, client_id, from_agent: from_agent.to_owned(), timestamp_ms, received, draft, origin })
+        Ok(Publish { topic, id, client_id, from_agent, timestamp_ms, received, draft, origin })
     }
 }
 

@@ -57,7 +57,7 @@ pub struct Pending {
     duplicate: bool,
     timestamp_ms: i64,
     received: Instant,
-    from_agent: String,
+    from_agent: Arc<str>,
     frame: Utf8Bytes,
     origin: Origin,
 }
@@ -86,7 +86,7 @@ pub struct Publish {
     /// Whether the client chose the id (the send is then idempotent).
     pub client_id: bool,
     /// The sender.
-    pub from_agent: String,
+    pub from_agent: Arc<str>,
     /// Receive time, milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
     /// Receive instant, for latency metrics.

@@ -26,7 +26,7 @@
 //! Version 1 kept the search index in this file; opening one moves it out (the index is
 //! rebuilt in the background).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
