@@ -681,6 +681,39 @@ mod sqlite_only {
         assert_eq!(offsets(&store.read_range(&topic("a"), 0, 10, 10).unwrap()), vec![1, 2, 3]);
     }
 
+    /// The log is copied into the database in the background, and under steady writes
+    /// (commits arriving while a copy runs, so that it never catches up) it is started
+    /// over, so it stays bounded instead of growing with everything ever written.
+    #[test]
+    fn the_write_ahead_log_is_checkpointed_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let file_len = |name: &str| std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
+        let filler = "x".repeat(1000);
+        let mut next = 1u64;
+        let mut write = |count: u64| {
+            let msgs: Vec<Msg> = (next..next + count).map(|o| Msg::text("steady", o, &filler)).collect();
+            next += count;
+            append(&store, &msgs).unwrap();
+        };
+        // 6 MB: past the checkpoint threshold, short of a restart.
+        write(6000);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while file_len("agentbus.db") < 4 << 20 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint copied the log into the database");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // 40 MB more in small commits, each arriving while the last copy may still run.
+        let mut peak_wal = 0;
+        for _ in 0..800 {
+            write(50);
+            peak_wal = peak_wal.max(file_len("agentbus.db-wal"));
+        }
+        assert!(peak_wal < 24 << 20, "the log reached {peak_wal} bytes");
+        let last = store.read_before(&topic("steady"), u64::MAX, 1).unwrap();
+        assert_eq!(offsets(&last), vec![next - 1]);
+    }
+
     #[test]
     fn the_last_offset_of_a_trimmed_topic_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();

@@ -5,24 +5,41 @@
 //! every publish behind it waits too. Here the writer's commit hook only wakes the
 //! checkpoint thread, which runs a passive checkpoint on its own connection: it never
 //! takes the write lock, so commits go on while it copies.
+//!
+//! A passive checkpoint copies the log but cannot make the writer start it over: under
+//! steady traffic new frames arrive while it copies, the log is never wholly copied, and
+//! it would grow without end (hundreds of MB a minute). So once the log holds
+//! [`RESTART_PAGES`], the writer runs a `RESTART` checkpoint itself after that commit:
+//! it copies the little the thread has not, waits briefly for readers to leave the log,
+//! and the next commit writes from the start of the file again, reusing its blocks.
 
 use rusqlite::Connection;
 use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
 use std::ffi::c_int;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::sqlite::BUSY_TIMEOUT;
 
 /// Pages in the log that wake the checkpoint thread (SQLite's own default threshold).
 pub const CHECKPOINT_PAGES: c_int = 1000;
 
+/// Pages in the log past which the writer restarts it (16 MiB of 4 KiB pages).
+pub const RESTART_PAGES: c_int = 4 * CHECKPOINT_PAGES;
+
+/// How long a restart waits for readers to leave the log.
+const RESTART_WAIT: Duration = Duration::from_millis(20);
+
 /// The checkpoint thread. Dropping it ends the thread (once every hook made by
 /// [`Checkpointer::hook`] is gone too) and waits for it.
 pub struct Checkpointer {
     wake: Option<SyncSender<()>>,
+    restart_due: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -31,27 +48,59 @@ impl Checkpointer {
     pub fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // A connection learns that the database is in WAL mode when it first reads it;
+        // until then its checkpoints do nothing (and report no log at all).
+        let _tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         let (wake, woken) = sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("agentbus-checkpoint".into())
             .spawn(move || run(&conn, &woken))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Checkpointer { wake: Some(wake), thread: Some(thread) })
+        Ok(Checkpointer { wake: Some(wake), restart_due: Arc::default(), thread: Some(thread) })
+    }
+
+    /// Restarts the log if the hook found it too long. Call on the writer's connection
+    /// between transactions (a checkpoint cannot wait for readers inside the hook). A
+    /// failure is only logged: the next commit tries again.
+    pub fn restart_if_due(&self, writer: &Connection) {
+        if !self.restart_due.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        // Publishes wait meanwhile: give readers little time.
+        let _ = writer.busy_timeout(RESTART_WAIT);
+        match writer.wal_checkpoint_v2(None::<&str>, CheckpointMode::RESTART) {
+            Ok(_) => {}
+            Err(e) if is_busy(&e) => {}
+            Err(e) => tracing::warn!(error = %e, "restart of the write-ahead log failed"),
+        }
+        let _ = writer.busy_timeout(BUSY_TIMEOUT);
     }
 
     /// The commit hook for the writer's connection (`Connection::wal_hook`): wakes the
-    /// thread once the log holds [`CHECKPOINT_PAGES`]. Should the thread be gone, it
-    /// checkpoints inline, as SQLite would.
+    /// thread once the log holds [`CHECKPOINT_PAGES`], and once it holds
+    /// [`RESTART_PAGES`] marks a restart as due ([`Checkpointer::restart_if_due`]).
+    /// Should the thread be gone, it checkpoints inline, as SQLite would.
     pub fn hook(&self) -> impl FnMut(&mut Wal, c_int) -> rusqlite::Result<()> + Send + 'static {
         let wake = self.wake.clone();
+        let restart = self.restart_due.clone();
         move |wal, pages| {
             if pages < CHECKPOINT_PAGES {
                 return Ok(());
             }
-            match wake.as_ref().map(|w| w.try_send(())) {
-                Some(Ok(()) | Err(TrySendError::Full(()))) => Ok(()),
-                Some(Err(TrySendError::Disconnected(()))) | None => wal.checkpoint(),
+            if pages >= RESTART_PAGES {
+                restart.store(true, Ordering::Relaxed);
             }
+            // The commit is done when the hook runs: an error returned here would report
+            // a stored batch as failed, so a failed inline checkpoint is only logged.
+            match wake.as_ref().map(|w| w.try_send(())) {
+                Some(Ok(()) | Err(TrySendError::Full(()))) => {}
+                Some(Err(TrySendError::Disconnected(()))) | None => {
+                    if let Err(e) = wal.checkpoint() {
+                        tracing::warn!(error = %e, "checkpoint of the write-ahead log failed");
+                    }
+                }
+            }
+            Ok(())
         }
     }
 }
@@ -68,8 +117,16 @@ impl Drop for Checkpointer {
 /// Checkpoints each time it is woken, until every sender is gone.
 fn run(conn: &Connection, woken: &Receiver<()>) {
     while woken.recv().is_ok() {
-        if let Err(e) = conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-            tracing::warn!(error = %e, "checkpoint of the write-ahead log failed");
+        match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+            Ok((log, _)) if log < 0 => tracing::warn!("checkpoint found no write-ahead log"),
+            Ok(_) => {}
+            // The writer is restarting the log: its checkpoint does this one's work.
+            Err(e) if is_busy(&e) => {}
+            Err(e) => tracing::warn!(error = %e, "checkpoint of the write-ahead log failed"),
         }
     }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
 }

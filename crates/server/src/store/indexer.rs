@@ -3,10 +3,12 @@
 //!
 //! The writer wakes it after each commit; it then indexes in steps of [`INDEX_STEP`]
 //! messages until it has caught up, and once a second purges what trimming removed. At
-//! `SCHED_IDLE` the scheduler gives it the smallest share of a busy processor (a weight
-//! of 3 against 1,024 for an ordinary thread): under a publishing load that saturates
-//! the processor the index falls behind, still moving, and catches up when the load
-//! drops. Searches find a message once it is indexed.
+//! nice 19 the scheduler gives it a small share of a busy processor (a weight of 15
+//! against 1,024 for an ordinary thread): under a publishing load that saturates the
+//! processor the index falls behind, still moving, and catches up when the load drops.
+//! Searches find a message once it is indexed. (`SCHED_IDLE`, a weight of 3, left it
+//! holding a read of the messages for seconds at a time, and the write-ahead log cannot
+//! be started over while a reader is in it.)
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -45,8 +47,8 @@ pub fn start(store: Arc<dyn Store>) -> std::io::Result<IndexWaker> {
 }
 
 fn run(store: &dyn Store, woken: &Receiver<()>) {
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+    let lowest = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, lowest) {
         tracing::debug!(error = ?e, "the search indexer runs at normal priority");
     }
     loop {

@@ -172,7 +172,7 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     /// Checkpoints the write-ahead log off the writer's thread (dropped last: it waits
     /// for the thread, whose wake-ups the writer's connection holds).
-    _checkpointer: Checkpointer,
+    checkpointer: Checkpointer,
 }
 
 /// A topic as the writer knows it.
@@ -216,7 +216,7 @@ impl SqliteStore {
             search_path,
             search: Mutex::new(index),
             readers: Mutex::new(vec![reader]),
-            _checkpointer: checkpointer,
+            checkpointer,
         })
     }
 
@@ -543,7 +543,10 @@ impl Store for SqliteStore {
         if records.is_empty() && cursors.is_empty() {
             return Ok(());
         }
-        self.writer().append(records, cursors)
+        let mut writer = self.writer();
+        writer.append(records, cursors)?;
+        self.checkpointer.restart_if_due(&writer.conn);
+        Ok(())
     }
 
     fn read_range(&self, topic: &TopicName, after: u64, upto: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
