@@ -9,7 +9,7 @@
 //! A passive checkpoint copies the log but cannot make the writer start it over: under
 //! steady traffic new frames arrive while it copies, the log is never wholly copied, and
 //! it would grow without end (hundreds of MB a minute). So once the log holds
-//! [`RESTART_PAGES`], the writer runs a `RESTART` checkpoint itself after that commit:
+//! [`RESTART_BYTES`], the writer runs a `RESTART` checkpoint itself after that commit:
 //! it copies the little the thread has not, waits briefly for readers to leave the log,
 //! and the next commit writes from the start of the file again, reusing its blocks.
 
@@ -26,11 +26,12 @@ use std::time::Duration;
 
 use super::sqlite::BUSY_TIMEOUT;
 
-/// Pages in the log that wake the checkpoint thread (SQLite's own default threshold).
-pub const CHECKPOINT_PAGES: c_int = 1000;
+/// Bytes of log that wake the checkpoint thread. A page written by many commits in a row
+/// is copied once per checkpoint, so the longer the log the less it copies.
+pub const CHECKPOINT_BYTES: i64 = 16 << 20;
 
-/// Pages in the log past which the writer restarts it (16 MiB of 4 KiB pages).
-pub const RESTART_PAGES: c_int = 4 * CHECKPOINT_PAGES;
+/// Bytes of log past which the writer restarts it.
+pub const RESTART_BYTES: i64 = 4 * CHECKPOINT_BYTES;
 
 /// How long a restart waits for readers to leave the log.
 const RESTART_WAIT: Duration = Duration::from_millis(20);
@@ -39,6 +40,9 @@ const RESTART_WAIT: Duration = Duration::from_millis(20);
 /// [`Checkpointer::hook`] is gone too) and waits for it.
 pub struct Checkpointer {
     wake: Option<SyncSender<()>>,
+    /// Pages of log that wake the thread, and that make a restart due.
+    checkpoint_pages: c_int,
+    restart_pages: c_int,
     restart_due: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -51,12 +55,24 @@ impl Checkpointer {
         // A connection learns that the database is in WAL mode when it first reads it;
         // until then its checkpoints do nothing (and report no log at all).
         let _tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages = |bytes: i64| c_int::try_from(bytes / page_size.max(512)).unwrap_or(c_int::MAX);
         let (wake, woken) = sync_channel(1);
+        let restart_due = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("agentbus-checkpoint".into())
-            .spawn(move || run(&conn, &woken))
+            .spawn({
+                let restart_due = restart_due.clone();
+                move || run(&conn, &woken, &restart_due)
+            })
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Checkpointer { wake: Some(wake), restart_due: Arc::default(), thread: Some(thread) })
+        Ok(Checkpointer {
+            wake: Some(wake),
+            checkpoint_pages: pages(CHECKPOINT_BYTES),
+            restart_pages: pages(RESTART_BYTES),
+            restart_due,
+            thread: Some(thread),
+        })
     }
 
     /// Restarts the log if the hook found it too long. Call on the writer's connection
@@ -77,18 +93,22 @@ impl Checkpointer {
     }
 
     /// The commit hook for the writer's connection (`Connection::wal_hook`): wakes the
-    /// thread once the log holds [`CHECKPOINT_PAGES`], and once it holds
-    /// [`RESTART_PAGES`] marks a restart as due ([`Checkpointer::restart_if_due`]).
+    /// thread once the log holds [`CHECKPOINT_BYTES`], and once it holds
+    /// [`RESTART_BYTES`] marks a restart as due ([`Checkpointer::restart_if_due`]).
     /// Should the thread be gone, it checkpoints inline, as SQLite would.
     pub fn hook(&self) -> impl FnMut(&mut Wal, c_int) -> rusqlite::Result<()> + Send + 'static {
         let wake = self.wake.clone();
         let restart = self.restart_due.clone();
+        let (checkpoint_pages, restart_pages) = (self.checkpoint_pages, self.restart_pages);
         move |wal, pages| {
-            if pages < CHECKPOINT_PAGES {
+            if pages < checkpoint_pages {
                 return Ok(());
             }
-            if pages >= RESTART_PAGES {
+            if pages >= restart_pages {
+                // The writer's checkpoint does the thread's work, and must not find it
+                // holding the checkpoint lock.
                 restart.store(true, Ordering::Relaxed);
+                return Ok(());
             }
             // The commit is done when the hook runs: an error returned here would report
             // a stored batch as failed, so a failed inline checkpoint is only logged.
@@ -115,8 +135,11 @@ impl Drop for Checkpointer {
 }
 
 /// Checkpoints each time it is woken, until every sender is gone.
-fn run(conn: &Connection, woken: &Receiver<()>) {
+fn run(conn: &Connection, woken: &Receiver<()>, restart_due: &AtomicBool) {
     while woken.recv().is_ok() {
+        if restart_due.load(Ordering::Relaxed) {
+            continue;
+        }
         match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
             Ok((log, _)) if log < 0 => tracing::warn!("checkpoint found no write-ahead log"),
             Ok(_) => {}

@@ -55,6 +55,9 @@ const IDLE_READERS: usize = 8;
 /// held by another one.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Page size of a new database.
+const PAGE_SIZE: i64 = 16 * 1024;
+
 /// Largest write-ahead log kept after a checkpoint, in bytes.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
@@ -253,6 +256,8 @@ impl Writer {
     fn open(path: &Path, config: &StoreConfig) -> rusqlite::Result<Writer> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Only a new database takes it (an existing one keeps its page size).
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(open_refusal(&format!("the file system does not support WAL (journal mode {mode})")));
