@@ -9,8 +9,10 @@
 //!
 //! Schema, version [`SCHEMA_VERSION`] (kept in `PRAGMA user_version`):
 //!
-//! - `topics(id, name, epoch, last_offset)`: `last_offset` is the newest offset ever
-//!   assigned, which survives trimming every message of the topic.
+//! - `topics(id, name, epoch, last_offset)`: the newest offset ever assigned is the
+//!   greater of `last_offset` and the topic's newest stored message. Trimming writes
+//!   `last_offset` before it deletes, so the offset survives trimming every message;
+//!   appends leave the row alone (one page fewer to write per commit).
 //! - `messages(seq, topic_id, offset, id, client_id, ts, from_agent, frame)`: `seq` is the
 //!   rowid, a global sequence in append order; `(topic_id, offset)` is unique. `frame` is
 //!   the complete encoded frame, returned verbatim. A partial index on `seq` of the rows
@@ -127,6 +129,13 @@ const INSERT_TOPIC: &str = "INSERT INTO topics (name, epoch) VALUES (?1, ?2)";
 
 const UPDATE_TOPIC_LAST: &str = "UPDATE topics SET last_offset = ?2 WHERE id = ?1";
 
+/// The newest offset of the topic row `topics` (see the schema).
+macro_rules! newest_sql {
+    () => {
+        "max(topics.last_offset, coalesce((SELECT max(offset) FROM messages WHERE topic_id = topics.id), 0))"
+    };
+}
+
 const UPSERT_CURSOR: &str = "INSERT INTO cursors (agent, offset) VALUES (?1, ?2) \
      ON CONFLICT (agent) DO UPDATE SET offset = max(offset, excluded.offset)";
 
@@ -138,12 +147,15 @@ const READ_BEFORE: &str = "SELECT offset, frame FROM messages \
      WHERE topic_id = (SELECT id FROM topics WHERE name = ?1) AND offset < ?2 \
      ORDER BY offset DESC LIMIT ?3";
 
-const TOPICS: &str = "SELECT name, epoch, last_offset, \
-     (SELECT min(offset) FROM messages WHERE topic_id = topics.id) FROM topics ORDER BY id";
+const TOPICS: &str = concat!(
+    "SELECT name, epoch, ",
+    newest_sql!(),
+    ", (SELECT min(offset) FROM messages WHERE topic_id = topics.id) FROM topics ORDER BY id"
+);
 
 const FIRST_OFFSET: &str = "SELECT min(offset) FROM messages WHERE topic_id = (SELECT id FROM topics WHERE name = ?1)";
 
-const LAST_OFFSET: &str = "SELECT last_offset FROM topics WHERE name = ?1";
+const LAST_OFFSET: &str = concat!("SELECT ", newest_sql!(), " FROM topics WHERE name = ?1");
 
 const RECENT_IDS: &str = "SELECT m.id, t.name, m.offset FROM messages AS m CROSS JOIN topics AS t \
      ON t.id = m.topic_id WHERE m.client_id = 1 ORDER BY m.seq DESC LIMIT ?1";
@@ -309,6 +321,7 @@ impl Writer {
                 continue;
             }
             if let Some((cut, count)) = trim_point(&tx, *topic, r, now_ms, left)? {
+                tx.prepare_cached(UPDATE_TOPIC_LAST)?.execute(params![topic.id, sql_bound(topic.last)])?;
                 delete_through(&tx, topic.id, cut)?;
                 removed += count;
             }
@@ -337,8 +350,8 @@ fn check_offsets(topics: &HashMap<TopicName, TopicRow>, records: &[Record<'_>]) 
     Ok(())
 }
 
-/// Inserts the messages (creating new topics) and updates each topic's last offset;
-/// returns the touched topics and the next `seq`.
+/// Inserts the messages (creating new topics); returns the touched topics, with their
+/// newest offsets, and the next `seq`.
 fn insert_records<'r>(
     tx: &Transaction<'_>,
     known: &HashMap<TopicName, TopicRow>,
@@ -358,10 +371,6 @@ fn insert_records<'r>(
             .map_err(db_error)?;
         touched.insert(r.topic, TopicRow { id, last: r.offset });
         seq += 1;
-    }
-    let mut update = tx.prepare_cached(UPDATE_TOPIC_LAST).map_err(db_error)?;
-    for t in touched.values() {
-        update.execute(params![t.id, sql_offset(t.last)?]).map_err(db_error)?;
     }
     Ok((touched, seq))
 }
@@ -448,7 +457,7 @@ fn limit_size(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
 
 /// Every topic with its id and last offset.
 fn load_topics(conn: &Connection) -> rusqlite::Result<HashMap<TopicName, TopicRow>> {
-    let mut stmt = conn.prepare("SELECT id, name, last_offset FROM topics")?;
+    let mut stmt = conn.prepare(concat!("SELECT id, name, ", newest_sql!(), " FROM topics"))?;
     let rows = stmt.query_map([], |r| Ok((topic_name(r, 1)?, TopicRow { id: r.get(0)?, last: get_u64(r, 2)? })))?;
     rows.collect()
 }
