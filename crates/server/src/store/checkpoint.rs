@@ -18,11 +18,11 @@ use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
 use std::ffi::c_int;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::sqlite::BUSY_TIMEOUT;
 
@@ -36,6 +36,9 @@ pub const RESTART_BYTES: i64 = 4 * CHECKPOINT_BYTES;
 /// How long a restart waits for readers to leave the log.
 const RESTART_WAIT: Duration = Duration::from_millis(20);
 
+/// How long after a failed restart the next one is tried.
+const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+
 /// The checkpoint thread. Dropping it ends the thread (once every hook made by
 /// [`Checkpointer::hook`] is gone too) and waits for it.
 pub struct Checkpointer {
@@ -44,6 +47,8 @@ pub struct Checkpointer {
     checkpoint_pages: c_int,
     restart_pages: c_int,
     restart_due: Arc<AtomicBool>,
+    /// No restart before this instant (set when one fails).
+    retry_at: Mutex<Option<Instant>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -71,24 +76,34 @@ impl Checkpointer {
             checkpoint_pages: pages(CHECKPOINT_BYTES),
             restart_pages: pages(RESTART_BYTES),
             restart_due,
+            retry_at: Mutex::new(None),
             thread: Some(thread),
         })
     }
 
     /// Restarts the log if the hook found it too long. Call on the writer's connection
-    /// between transactions (a checkpoint cannot wait for readers inside the hook). A
-    /// failure is only logged: the next commit tries again.
+    /// between transactions (a checkpoint cannot wait for readers inside the hook).
+    /// After a restart that found readers in the log, the next try waits
+    /// [`RESTART_BACKOFF`], so a long read cannot make every commit wait; other
+    /// failures are logged.
     pub fn restart_if_due(&self, writer: &Connection) {
         if !self.restart_due.swap(false, Ordering::Relaxed) {
             return;
         }
+        let mut retry_at = self.retry_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         // Publishes wait meanwhile: give readers little time.
         let _ = writer.busy_timeout(RESTART_WAIT);
-        match writer.wal_checkpoint_v2(None::<&str>, CheckpointMode::RESTART) {
-            Ok(_) => {}
-            Err(e) if is_busy(&e) => {}
-            Err(e) => tracing::warn!(error = %e, "restart of the write-ahead log failed"),
-        }
+        *retry_at = match writer.wal_checkpoint_v2(None::<&str>, CheckpointMode::RESTART) {
+            Ok(_) => None,
+            Err(e) if is_busy(&e) => Some(Instant::now() + RESTART_BACKOFF),
+            Err(e) => {
+                tracing::warn!(error = %e, "restart of the write-ahead log failed");
+                Some(Instant::now() + RESTART_BACKOFF)
+            }
+        };
         let _ = writer.busy_timeout(BUSY_TIMEOUT);
     }
 
