@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the hot functions, so regressions show:
-//! frame decoding, encode-once message drafts, topic routing, and a broker publish
-//! fanned out to 100 subscribers' outboxes.
+//! frame decoding, encode-once message drafts, topic routing, a broker publish
+//! fanned out to 100 subscribers' outboxes, and a group commit into the SQLite store.
 //!
 //! Run: `cargo bench -p agentbus-server --bench hot_paths`.
 
@@ -13,10 +13,13 @@ use std::time::Instant;
 
 use agentbus_protocol::{ClientFrame, MessageDraft, ParseLimits, SubscribeFrame, TopicName};
 use agentbus_server::broker::{Broker, BrokerOptions, Command, Publish, Reply};
+use agentbus_server::config::StoreConfig;
 use agentbus_server::config::pattern_matches;
 use agentbus_server::metrics::Metrics;
 use agentbus_server::outbox::Outbox;
+use agentbus_server::store::sqlite::SqliteStore;
 use agentbus_server::store::writer::{FromWriter, ToWriter};
+use agentbus_server::store::{Record, Store};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const SEND: &str = r#"{"type":"send","topic":"orchestrator","content":"Hello from remote! A message of about a hundred bytes in all.","from_agent":"test-agent","to_agent":"board","ref":17}"#;
@@ -97,5 +100,54 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, encode, routing, fanout);
+/// One group commit of 500 messages (about 470 bytes each, as `durable` sends) into a
+/// SQLite store on disk: what the writer thread spends per batch.
+fn store_append(c: &mut Criterion) {
+    const BATCH: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+    let topic = TopicName::new("bench.durable").unwrap();
+    let content = format!("\"t=123456789;{}\"", "x".repeat(186));
+    let mut next = 1u64;
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(BATCH));
+    g.bench_function("sqlite_append_500", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let msgs: Vec<(String, String)> = (next..next + BATCH)
+                    .map(|o| {
+                        let id = format!("mx5hm31-{o:x}");
+                        let frame = format!(
+                            r#"{{"type":"message","topic":"bench.durable","id":"{id}","timestamp":"2026-11-26T06:07:29.803Z","from_agent":"bench-publisher-0","content":{content},"offset":{o}}}"#
+                        );
+                        (id, frame)
+                    })
+                    .collect();
+                let records: Vec<Record<'_>> = msgs
+                    .iter()
+                    .zip(next..)
+                    .map(|((id, frame), offset)| Record {
+                        topic: &topic,
+                        epoch: "e",
+                        offset,
+                        id,
+                        client_id: false,
+                        timestamp_ms: 1_764_137_249_803,
+                        from_agent: "bench-publisher-0",
+                        frame,
+                    })
+                    .collect();
+                let start = Instant::now();
+                store.append(&records, &[]).unwrap();
+                spent += start.elapsed();
+                next += BATCH;
+            }
+            spent
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, encode, routing, fanout, store_append);
 criterion_main!(benches);

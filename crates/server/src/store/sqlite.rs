@@ -30,7 +30,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use agentbus_protocol::TopicName;
@@ -359,20 +359,72 @@ fn insert_records<'r>(
     records: &[Record<'r>],
 ) -> Result<(HashMap<&'r TopicName, TopicRow>, i64), StoreError> {
     let mut touched: HashMap<&'r TopicName, TopicRow> = HashMap::new();
-    let mut insert = tx.prepare_cached(INSERT_MESSAGE).map_err(db_error)?;
+    let mut topic_ids = Vec::with_capacity(records.len());
     for r in records {
         let id = match touched.get(r.topic).or_else(|| known.get(r.topic)) {
             Some(t) => t.id,
             None => create_topic(tx, r.topic, r.epoch).map_err(db_error)?,
         };
-        let offset = sql_offset(r.offset)?;
-        insert
-            .execute(params![seq, id, offset, r.id, r.client_id, r.timestamp_ms, r.from_agent, r.frame])
-            .map_err(db_error)?;
         touched.insert(r.topic, TopicRow { id, last: r.offset });
+        topic_ids.push(id);
+    }
+    let mut chunks = records.chunks_exact(INSERT_ROWS);
+    let mut ids = topic_ids.chunks_exact(INSERT_ROWS);
+    let mut insert_many = tx.prepare_cached(insert_many_sql()).map_err(db_error)?;
+    for (chunk, ids) in chunks.by_ref().zip(ids.by_ref()) {
+        for (i, (r, id)) in chunk.iter().zip(ids).enumerate() {
+            bind_record(&mut insert_many, i * INSERT_COLUMNS, seq, *id, r)?;
+            seq += 1;
+        }
+        insert_many.raw_execute().map_err(db_error)?;
+    }
+    let mut insert_one = tx.prepare_cached(INSERT_MESSAGE).map_err(db_error)?;
+    for (r, id) in chunks.remainder().iter().zip(ids.remainder()) {
+        bind_record(&mut insert_one, 0, seq, *id, r)?;
+        insert_one.raw_execute().map_err(db_error)?;
         seq += 1;
     }
     Ok((touched, seq))
+}
+
+/// Rows per multi-row insert: one statement step instead of one per row.
+const INSERT_ROWS: usize = 32;
+
+/// Values per row of [`INSERT_MESSAGE`].
+const INSERT_COLUMNS: usize = 8;
+
+/// [`INSERT_MESSAGE`] for [`INSERT_ROWS`] rows.
+fn insert_many_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let row = "(?,?,?,?,?,?,?,?)";
+        let mut sql =
+            String::from("INSERT INTO messages (seq, topic_id, offset, id, client_id, ts, from_agent, frame) VALUES ");
+        sql.push_str(&vec![row; INSERT_ROWS].join(","));
+        sql
+    })
+}
+
+/// Binds one message to the parameters `at + 1 ..= at + 8` of `stmt`.
+fn bind_record(
+    stmt: &mut rusqlite::Statement<'_>,
+    at: usize,
+    seq: i64,
+    topic_id: i64,
+    r: &Record<'_>,
+) -> Result<(), StoreError> {
+    let offset = sql_offset(r.offset)?;
+    let bind = |stmt: &mut rusqlite::Statement<'_>| -> rusqlite::Result<()> {
+        stmt.raw_bind_parameter(at + 1, seq)?;
+        stmt.raw_bind_parameter(at + 2, topic_id)?;
+        stmt.raw_bind_parameter(at + 3, offset)?;
+        stmt.raw_bind_parameter(at + 4, r.id)?;
+        stmt.raw_bind_parameter(at + 5, r.client_id)?;
+        stmt.raw_bind_parameter(at + 6, r.timestamp_ms)?;
+        stmt.raw_bind_parameter(at + 7, r.from_agent)?;
+        stmt.raw_bind_parameter(at + 8, r.frame)
+    };
+    bind(stmt).map_err(db_error)
 }
 
 /// Creates a topic row; returns its id.
