@@ -22,6 +22,7 @@ mod report;
 mod request;
 mod stats;
 mod subscriber;
+mod wire;
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;

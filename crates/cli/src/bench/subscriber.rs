@@ -1,21 +1,23 @@
 //! A subscriber: reads `message` frames until told to stop, computing each one's
 //! publish → deliver latency from the timestamp in its content and checking that
-//! offsets follow each other, without parsing the JSON.
+//! offsets follow each other, without parsing the JSON. Frames are parsed in the read
+//! buffer ([`super::wire`]): the WebSocket library's per-frame work made the bench,
+//! not the server, the limit of `fanout`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::Ctx;
-use super::conn::{self, Ws};
+use super::conn::Ws;
 use super::frames::{self, Kind};
 use super::publisher::Flow;
 use super::stats::Latency;
+use super::wire::{self, Frame};
 
 /// Frames handled before the shared counters are updated, at most.
 const COUNT_BATCH: u64 = 256;
@@ -97,8 +99,11 @@ impl Reader {
     }
 }
 
+/// Bytes read from the socket at once (the buffer grows for a larger frame).
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Reads `ws` until `stop` turns true, the connection ends or the hard deadline.
-pub async fn run(mut ws: Ws, ctx: Arc<Ctx>, flow: Arc<Flow>, mut stop: watch::Receiver<bool>) -> Outcome {
+pub async fn run(ws: Ws, ctx: Arc<Ctx>, flow: Arc<Flow>, mut stop: watch::Receiver<bool>) -> Outcome {
     let mut r = Reader {
         out: Outcome::default(),
         last_offset: None,
@@ -107,38 +112,67 @@ pub async fn run(mut ws: Ws, ctx: Arc<Ctx>, flow: Arc<Flow>, mut stop: watch::Re
         clock_uses: CLOCK_REUSE,
         stamp_hint: 0,
     };
+    // Nothing is sent to the topic before every subscriber is in, so the library holds
+    // no unread frame when the socket is taken back from it.
+    let mut tcp = ws.into_inner();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut filled = 0;
     let hard = tokio::time::sleep_until(ctx.hard);
     tokio::pin!(hard);
     loop {
-        let first = tokio::select! {
+        if buf.len() - filled < READ_CHUNK / 4 {
+            buf.resize(buf.len() + READ_CHUNK, 0);
+        }
+        let read = tokio::select! {
             biased;
-            msg = ws.next() => msg,
+            read = tcp.read(&mut buf[filled..]) => read,
             _ = stop.wait_for(|s| *s) => break,
             _ = &mut hard => break,
         };
+        match read {
+            Ok(0) => r.out.failure = Some("closed by the server".to_owned()),
+            Ok(n) => filled += n,
+            Err(e) => r.out.failure = Some(format!("connection failed: {e}")),
+        }
         r.wake();
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Some(Ok(Message::Text(text))) => r.on_text(&text, &ctx),
-                Some(Ok(Message::Close(close))) => r.out.failure = Some(format!("closed by the server: {close:?}")),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => r.out.failure = Some(format!("connection failed: {e}")),
-                None => r.out.failure = Some("closed by the server".to_owned()),
-            }
-            if r.out.failure.is_some() {
-                break;
+        let mut at = 0;
+        while r.out.failure.is_none() {
+            let Some(rest) = buf.get(at..filled) else { break };
+            match wire::next_frame(rest) {
+                Ok(Some((frame, used))) => {
+                    match frame {
+                        Frame::Text(payload) => match std::str::from_utf8(payload) {
+                            Ok(text) => r.on_text(text, &ctx),
+                            Err(_) => r.out.failure = Some("a text frame is not UTF-8".to_owned()),
+                        },
+                        Frame::Ping(payload) => {
+                            if let Err(e) = tcp.write_all(&wire::pong(payload)).await {
+                                r.out.failure = Some(format!("connection failed: {e}"));
+                            }
+                        }
+                        Frame::Close => r.out.failure = Some("closed by the server".to_owned()),
+                        Frame::Other => {}
+                    }
+                    at += used;
+                }
+                Ok(None) => break,
+                Err(e) => r.out.failure = Some(e),
             }
             if r.unreported >= COUNT_BATCH {
                 r.report(&flow);
             }
-            next = ws.next().now_or_never();
+        }
+        buf.copy_within(at..filled, 0);
+        filled -= at;
+        if buf.len() > READ_CHUNK && filled < READ_CHUNK / 2 {
+            buf.truncate(READ_CHUNK);
         }
         r.report(&flow);
         if r.out.failure.is_some() {
             return r.out;
         }
     }
-    conn::close(ws).await;
+    // Polite and short: the server learns the connection is gone either way.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tcp.write_all(&wire::close())).await;
     r.out
 }
