@@ -718,6 +718,30 @@ mod sqlite_only {
     }
 
     #[test]
+    fn a_version_2_database_opens_as_version_3_and_its_offsets_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        {
+            // What version 2 left: every append kept `last_offset` exact.
+            let store = open(dir.path());
+            append(&store, &numbered("t", 1, 3)).unwrap();
+        }
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
+            conn.execute("UPDATE topics SET last_offset = 3", []).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.topics().unwrap()[0].last_offset, 3);
+        assert!(matches!(append(&store, &numbered("t", 5, 5)), Err(StoreError::OutOfOrder { last: 3, .. })));
+        append(&store, &numbered("t", 4, 4)).unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, agentbus_server::store::sqlite::SCHEMA_VERSION);
+        assert_eq!(version, 3);
+    }
+
+    #[test]
     fn the_last_offset_of_a_trimmed_topic_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {

@@ -26,7 +26,8 @@
 //!   content as its text, any other value as its JSON text), read by the indexer.
 //!
 //! Version 1 kept the search index in this file; opening one moves it out (the index is
-//! rebuilt in the background).
+//! rebuilt in the background). Version 2 rewrote `topics.last_offset` on every append;
+//! it opens as version 3 as it is.
 
 use foldhash::{HashMap, HashMapExt};
 use std::path::{Path, PathBuf};
@@ -48,7 +49,7 @@ use super::{Cursor, KnownId, Record, Retention, SearchQuery, Store, StoreError, 
 pub const DB_FILE: &str = "agentbus.db";
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Idle read connections kept for reuse; more are opened when needed.
 const IDLE_READERS: usize = 8;
@@ -80,8 +81,10 @@ macro_rules! body_sql {
     };
 }
 
-/// Version 2 of the schema, for a new database.
-const SCHEMA_V2: &str = concat!(
+/// The schema of a new database. (Version 3 has the tables of version 2; only what
+/// `topics.last_offset` means changed: appends stopped keeping it, so a version-2 build
+/// must not open a version-3 database, whose topics it would take to be behind.)
+const SCHEMA: &str = concat!(
     "CREATE TABLE topics (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
@@ -487,9 +490,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     match version {
         SCHEMA_VERSION => Ok(()),
         0 if objects == 0 => {
-            conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
         }
         1 => conn.execute_batch(&format!("BEGIN; {V1_TO_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")),
+        // Version 2 kept `last_offset` exact, which version 3's meaning includes.
+        2 => conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};")),
         0 => Err(open_refusal("the database holds tables but no agentbus schema")),
         v => Err(open_refusal(&format!("schema version {v} is not supported (this build reads {SCHEMA_VERSION})"))),
     }
