@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, params};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use super::sqlite::BUSY_TIMEOUT;
 
@@ -26,6 +28,9 @@ const INDEX_VERSION: i64 = 1;
 
 /// Index entries checked against the messages per purge step.
 const PURGE_STEP: usize = 10_000;
+
+/// Stored `seq`s read per read while purging (see [`READ_CHUNK`]).
+const PURGE_READ_CHUNK: usize = 2048;
 
 /// Under steady traffic the index is never idle: it still purges a step this often.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
@@ -39,7 +44,13 @@ const SCHEMA: &str = "CREATE TABLE state (
     CREATE VIRTUAL TABLE search USING fts5(body);";
 
 /// The searchable text of the messages after a `seq`, in order.
-const TO_INDEX: &str = "SELECT seq, body FROM message_text WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+/// Rows read from the messages per read. The indexer runs at the lowest priority and may
+/// wait long for the processor while it reads; a read keeps the write-ahead log from
+/// being copied past its start, so every read is short, and the searchable text is taken
+/// out of the frames after it ([`searchable_text`], what the `message_text` view says).
+const READ_CHUNK: usize = 256;
+
+const TO_INDEX: &str = "SELECT seq, frame FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2";
 
 const INSERT: &str = "INSERT INTO search (rowid, body) VALUES (?1, ?2)";
 
@@ -47,7 +58,7 @@ const SET_INDEXED_UPTO: &str = "UPDATE state SET indexed_upto = ?1";
 
 const INDEXED_AFTER: &str = "SELECT rowid FROM search WHERE rowid > ?1 ORDER BY rowid LIMIT ?2";
 
-const STORED_BETWEEN: &str = "SELECT seq FROM messages WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq";
+const STORED_BETWEEN: &str = "SELECT seq FROM messages WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3";
 
 const DELETE: &str = "DELETE FROM search WHERE rowid = ?1";
 
@@ -114,12 +125,23 @@ impl SearchIndex {
         if budget == 0 {
             return Ok(0);
         }
-        let rows: Vec<(i64, Option<String>)> = {
-            let mut stmt = self.messages.prepare_cached(TO_INDEX)?;
-            let limit = i64::try_from(budget).unwrap_or(i64::MAX);
-            stmt.query_map(params![self.indexed_upto, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?
-        };
+        let mut rows: Vec<(i64, String)> = Vec::new();
+        let mut after = self.indexed_upto;
+        loop {
+            let limit = (budget - rows.len()).min(READ_CHUNK);
+            let before = rows.len();
+            {
+                let mut stmt = self.messages.prepare_cached(TO_INDEX)?;
+                let mut found = stmt.query(params![after, limit as i64])?;
+                while let Some(row) = found.next()? {
+                    rows.push((row.get(0)?, row.get(1)?));
+                }
+            }
+            match rows.last() {
+                Some(&(seq, _)) if rows.len() - before == limit && rows.len() < budget => after = seq,
+                _ => break,
+            }
+        }
         let Some(&(upto, _)) = rows.last() else {
             self.purge()?;
             return Ok(0);
@@ -127,8 +149,8 @@ impl SearchIndex {
         let tx = self.index.transaction()?;
         {
             let mut insert = tx.prepare_cached(INSERT)?;
-            for (seq, body) in &rows {
-                if let Some(body) = body {
+            for (seq, frame) in &rows {
+                if let Some(body) = searchable_text(frame) {
                     insert.execute(params![seq, body])?;
                 }
             }
@@ -155,10 +177,22 @@ impl SearchIndex {
             self.purge_after = 0;
             return Ok(());
         };
-        let stored: std::collections::HashSet<i64> = {
+        let mut stored = std::collections::HashSet::with_capacity(indexed.len());
+        let mut from = first;
+        loop {
             let mut stmt = self.messages.prepare_cached(STORED_BETWEEN)?;
-            stmt.query_map(params![first, last], |r| r.get(0))?.collect::<Result<_, _>>()?
-        };
+            let mut found = stmt.query(params![from, last, PURGE_READ_CHUNK as i64])?;
+            let mut n = 0;
+            while let Some(row) = found.next()? {
+                let seq: i64 = row.get(0)?;
+                stored.insert(seq);
+                from = seq + 1;
+                n += 1;
+            }
+            if n < PURGE_READ_CHUNK {
+                break;
+            }
+        }
         let gone: Vec<i64> = indexed.iter().copied().filter(|seq| !stored.contains(seq)).collect();
         if !gone.is_empty() {
             let tx = self.index.transaction()?;
@@ -219,4 +253,20 @@ fn open_index(path: &Path, store_id: &str, last_seq: i64) -> Result<Connection, 
         }
         v => Err(Unusable::Stale(format!("unknown index version {v}"))),
     }
+}
+
+/// The searchable text of a frame, as the schema's `message_text` view gives it: a JSON
+/// string content as its text, any other content as its JSON text; nothing for a frame
+/// that is not JSON or has no content.
+pub fn searchable_text(frame: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Frame<'a> {
+        #[serde(default, borrow, deserialize_with = "present")]
+        content: Option<&'a RawValue>,
+    }
+    fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+        <&RawValue>::deserialize(d).map(Some)
+    }
+    let raw = serde_json::from_str::<Frame<'_>>(frame).ok()?.content?.get();
+    if raw.starts_with('"') { serde_json::from_str(raw).ok() } else { Some(raw.to_owned()) }
 }

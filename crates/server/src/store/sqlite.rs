@@ -746,3 +746,36 @@ impl Store for SqliteStore {
         self.read(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::search::searchable_text;
+    use rusqlite::Connection;
+
+    /// The indexer takes the text out of the frames itself; it must agree with the
+    /// schema's `message_text` view.
+    #[test]
+    fn the_indexed_text_is_what_the_message_text_view_gives() {
+        let conn = Connection::open_in_memory().unwrap();
+        let sql = concat!("SELECT ", body_sql!(), " FROM (SELECT ?1 AS frame)");
+        for frame in [
+            r#"{"type":"message","content":"plain text"}"#,
+            r#"{"type":"message","content":"say \"hi\" \u00e9\n\ud83d\ude00 \\ end"}"#,
+            r#"{"type":"message","content":{"kind":"review","body":"ok","n":[1,2.5,-3e2]}}"#,
+            r#"{"type":"message","content":["walrus",42,true,null]}"#,
+            r#"{"type":"message","content":123456}"#,
+            r#"{"type":"message","content":null}"#,
+            r#"{"type":"message","content":false}"#,
+            r#"{"type":"message","content":""}"#,
+            r#"{"type":"message"}"#,
+            r#"{"type":"message","content":"unterminated"#,
+            "not json at all",
+            "",
+        ] {
+            let view: Option<String> = conn.query_row(sql, [frame], |r| r.get(0)).unwrap();
+            assert_eq!(searchable_text(frame), view, "frame {frame}");
+        }
+    }
+}
