@@ -11,12 +11,13 @@
 //! it would grow without end (hundreds of MB a minute). So once the log holds
 //! [`RESTART_BYTES`], the writer runs a `RESTART` checkpoint itself between two commits,
 //! and the next commit writes from the start of the file again, reusing its blocks. The
-//! writer waits for that checkpoint, so it is made small: the thread is woken once per
-//! [`CHECKPOINT_BYTES`] of new log (each checkpoint syncs the log to disk first, and a
-//! sync per commit kept the disk busy and made the writer's own sync wait behind it), it
-//! goes on copying while a restart is due, and the writer restarts only once the thread
-//! has copied and synced the log past [`RESTART_BYTES`]: what is left for the writer is
-//! the few commits since. (Restarting as soon as the size was reached, with the thread
+//! writer waits for that checkpoint, so it is made small: once the log holds
+//! [`CHECKPOINT_BYTES`] the thread is woken per [`CHECKPOINT_STEP_BYTES`] of new log
+//! (each checkpoint syncs the log to disk first: a sync per commit kept the disk busy and
+//! made the writer's own sync wait behind it, and steps of 16 MiB made each copy a burst
+//! of tens of milliseconds that held up deliveries), it goes on copying while a restart
+//! is due, and the writer restarts only once the thread has copied the log past
+//! [`RESTART_BYTES`]: what is left for the writer is the few commits since. (Restarting as soon as the size was reached, with the thread
 //! stood aside, left the writer copying and syncing up to 100 ms of log: 60 to 230 ms
 //! without a commit, every second or so, under many small commits.)
 
@@ -40,6 +41,10 @@ pub const CHECKPOINT_BYTES: i64 = 16 << 20;
 /// Bytes of log past which the writer restarts it.
 pub const RESTART_BYTES: i64 = 4 * CHECKPOINT_BYTES;
 
+/// Bytes of new log that wake the checkpoint thread again once the log holds
+/// [`CHECKPOINT_BYTES`]: small steps, so that each copy and sync is short.
+pub const CHECKPOINT_STEP_BYTES: i64 = 1 << 20;
+
 /// How long a restart waits for readers to leave the log.
 const RESTART_WAIT: Duration = Duration::from_millis(20);
 
@@ -50,8 +55,10 @@ const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 /// [`Checkpointer::hook`] is gone too) and waits for it.
 pub struct Checkpointer {
     wake: Option<SyncSender<()>>,
-    /// Pages of new log that wake the thread, and pages of log that make a restart due.
+    /// Pages of log that first wake the thread, pages of new log that wake it again, and
+    /// pages of log that make a restart due.
     checkpoint_pages: c_int,
+    step_pages: c_int,
     restart_pages: c_int,
     /// Set by the thread once it has copied a log of at least `restart_pages`.
     restart_ready: Arc<AtomicBool>,
@@ -83,6 +90,7 @@ impl Checkpointer {
         Ok(Checkpointer {
             wake: Some(wake),
             checkpoint_pages,
+            step_pages: pages(CHECKPOINT_STEP_BYTES),
             restart_pages,
             restart_ready,
             retry_at: Mutex::new(None),
@@ -124,12 +132,13 @@ impl Checkpointer {
     }
 
     /// The commit hook for the writer's connection (`Connection::wal_hook`): wakes the
-    /// thread each time the log has grown by [`CHECKPOINT_BYTES`], and once more when it
-    /// reaches [`RESTART_BYTES`]. Should the thread be gone, it checkpoints inline, as
+    /// thread when the log reaches [`CHECKPOINT_BYTES`], then each time it has grown by
+    /// [`CHECKPOINT_STEP_BYTES`], and once more when it reaches [`RESTART_BYTES`]. Should the thread be gone, it checkpoints inline, as
     /// SQLite would.
     pub fn hook(&self) -> impl FnMut(&mut Wal, c_int) -> rusqlite::Result<()> + Send + 'static {
         let wake = self.wake.clone();
-        let (checkpoint_pages, restart_pages) = (self.checkpoint_pages, self.restart_pages);
+        let (checkpoint_pages, step_pages, restart_pages) =
+            (self.checkpoint_pages, self.step_pages, self.restart_pages);
         // The log's size when the thread was last woken.
         let mut woken_at: c_int = 0;
         move |wal, pages| {
@@ -138,7 +147,8 @@ impl Checkpointer {
                 woken_at = 0;
             }
             let restart_reached = pages >= restart_pages && woken_at < restart_pages;
-            if pages < woken_at.saturating_add(checkpoint_pages) && !restart_reached {
+            let next = if woken_at == 0 { checkpoint_pages } else { woken_at.saturating_add(step_pages) };
+            if pages < next && !restart_reached {
                 return Ok(());
             }
             woken_at = pages;
