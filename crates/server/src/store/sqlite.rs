@@ -284,8 +284,8 @@ impl Writer {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
-        // A multi-row insert keeps a journal of the pages it changes, in case it must be
-        // undone alone: in memory that is a copy, in a file a write and a read per page.
+        // Statement journals (kept by a statement that changes several rows and may fail
+        // half-way) and temporary tables in memory: a copy, not a write and a read.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         migrate(&conn)?;
         limit_size(&conn, config.max_size_bytes)?;
@@ -374,24 +374,35 @@ fn insert_records<'r>(
         touched.insert(r.topic, TopicRow { id, last: r.offset });
         topic_ids.push(id);
     }
-    // A run of one topic's messages goes in one multi-row statement. A statement of
-    // several rows keeps a journal of every page it changes (so that it can be undone
-    // alone), which is cheap for one topic's run (a few pages) and dear for rows spread
-    // over many topics (one index page each): those go in one row at a time.
-    let mut insert_many = tx.prepare_cached(insert_many_sql()).map_err(db_error)?;
+    // Rows go in one at a time with their `seq`, except runs of one topic's messages after
+    // the first row, which go INSERT_ROWS to a statement that lets SQLite number them: the
+    // largest `seq` plus one, and the row before them is the newest. A statement of
+    // several rows that may fail half-way keeps a journal of every page it changes, so
+    // that it can be undone alone (16 KiB copies of the table's and the index's last
+    // pages, or of one index page per topic for rows of many topics). Numbered by SQLite
+    // and `OR ROLLBACK` (a conflict undoes the whole transaction, as a failed append does
+    // anyway), it cannot fail half-way and keeps none.
+    let mut insert_run = tx.prepare_cached(insert_run_sql()).map_err(db_error)?;
     let mut insert_one = tx.prepare_cached(INSERT_MESSAGE).map_err(db_error)?;
     let mut i = 0;
     while i < records.len() {
-        let run = topic_ids.get(i..i + INSERT_ROWS).filter(|ids| ids.iter().all(|&id| id == ids[0]));
+        let run = topic_ids.get(i..i + INSERT_ROWS).filter(|ids| i > 0 && ids.iter().all(|&id| id == ids[0]));
         if run.is_some() {
             for (k, (r, id)) in records[i..i + INSERT_ROWS].iter().zip(&topic_ids[i..]).enumerate() {
-                bind_record(&mut insert_many, k * INSERT_COLUMNS, seq, *id, r)?;
-                seq += 1;
+                bind_record(&mut insert_run, k * RUN_COLUMNS, None, *id, r)?;
             }
-            insert_many.raw_execute().map_err(db_error)?;
+            insert_run.raw_execute().map_err(db_error)?;
+            seq += INSERT_ROWS as i64;
+            if tx.last_insert_rowid() != seq - 1 {
+                return Err(StoreError::Database(format!(
+                    "messages numbered up to {} instead of {}",
+                    tx.last_insert_rowid(),
+                    seq - 1
+                )));
+            }
             i += INSERT_ROWS;
         } else {
-            bind_record(&mut insert_one, 0, seq, topic_ids[i], &records[i])?;
+            bind_record(&mut insert_one, 0, Some(seq), topic_ids[i], &records[i])?;
             insert_one.raw_execute().map_err(db_error)?;
             seq += 1;
             i += 1;
@@ -404,39 +415,44 @@ fn insert_records<'r>(
 /// per row.
 const INSERT_ROWS: usize = 32;
 
-/// Values per row of [`INSERT_MESSAGE`].
-const INSERT_COLUMNS: usize = 8;
+/// Values per row of a run's insert (every column of [`INSERT_MESSAGE`] but `seq`).
+const RUN_COLUMNS: usize = 7;
 
-/// [`INSERT_MESSAGE`] for [`INSERT_ROWS`] rows.
-fn insert_many_sql() -> &'static str {
+/// The insert of a run of [`INSERT_ROWS`] messages, numbered by SQLite.
+fn insert_run_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
-        let row = "(?,?,?,?,?,?,?,?)";
-        let mut sql =
-            String::from("INSERT INTO messages (seq, topic_id, offset, id, client_id, ts, from_agent, frame) VALUES ");
+        let row = "(?,?,?,?,?,?,?)";
+        let mut sql = String::from(
+            "INSERT OR ROLLBACK INTO messages (topic_id, offset, id, client_id, ts, from_agent, frame) VALUES ",
+        );
         sql.push_str(&vec![row; INSERT_ROWS].join(","));
         sql
     })
 }
 
-/// Binds one message to the parameters `at + 1 ..= at + 8` of `stmt`.
+/// Binds one message to the parameters from `at + 1` of `stmt`: its `seq` first if
+/// given, then the columns of [`RUN_COLUMNS`].
 fn bind_record(
     stmt: &mut rusqlite::Statement<'_>,
-    at: usize,
-    seq: i64,
+    mut at: usize,
+    seq: Option<i64>,
     topic_id: i64,
     r: &Record<'_>,
 ) -> Result<(), StoreError> {
     let offset = sql_offset(r.offset)?;
-    let bind = |stmt: &mut rusqlite::Statement<'_>| -> rusqlite::Result<()> {
-        stmt.raw_bind_parameter(at + 1, seq)?;
-        stmt.raw_bind_parameter(at + 2, topic_id)?;
-        stmt.raw_bind_parameter(at + 3, offset)?;
-        stmt.raw_bind_parameter(at + 4, r.id)?;
-        stmt.raw_bind_parameter(at + 5, r.client_id)?;
-        stmt.raw_bind_parameter(at + 6, r.timestamp_ms)?;
-        stmt.raw_bind_parameter(at + 7, r.from_agent)?;
-        stmt.raw_bind_parameter(at + 8, r.frame)
+    let mut bind = |stmt: &mut rusqlite::Statement<'_>| -> rusqlite::Result<()> {
+        if let Some(seq) = seq {
+            at += 1;
+            stmt.raw_bind_parameter(at, seq)?;
+        }
+        stmt.raw_bind_parameter(at + 1, topic_id)?;
+        stmt.raw_bind_parameter(at + 2, offset)?;
+        stmt.raw_bind_parameter(at + 3, r.id)?;
+        stmt.raw_bind_parameter(at + 4, r.client_id)?;
+        stmt.raw_bind_parameter(at + 5, r.timestamp_ms)?;
+        stmt.raw_bind_parameter(at + 6, r.from_agent)?;
+        stmt.raw_bind_parameter(at + 7, r.frame)
     };
     bind(stmt).map_err(db_error)
 }
