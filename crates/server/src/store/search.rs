@@ -43,13 +43,13 @@ const SCHEMA: &str = "CREATE TABLE state (
     );
     CREATE VIRTUAL TABLE search USING fts5(body);";
 
-/// The searchable text of the messages after a `seq`, in order.
 /// Rows read from the messages per read. The indexer runs at the lowest priority and may
 /// wait long for the processor while it reads; a read keeps the write-ahead log from
 /// being copied past its start, so every read is short, and the searchable text is taken
 /// out of the frames after it ([`searchable_text`], what the `message_text` view says).
 const READ_CHUNK: usize = 256;
 
+/// The frames of the messages after a `seq`, in order.
 const TO_INDEX: &str = "SELECT seq, frame FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2";
 
 const INSERT: &str = "INSERT INTO search (rowid, body) VALUES (?1, ?2)";

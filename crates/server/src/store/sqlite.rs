@@ -23,7 +23,9 @@
 //!   carries it) and a `seq` no new message may go below, raised when trimming, so a
 //!   `seq` is never given to two messages.
 //! - `message_text(seq, body)`: a view of each message's searchable text (a JSON string
-//!   content as its text, any other value as its JSON text), read by the indexer.
+//!   content as its text, any other value as its JSON text): what the indexer indexes,
+//!   for anyone reading the file (the indexer computes the same from each frame itself,
+//!   outside its reads, and a test holds the two equal).
 //!
 //! Version 1 kept the search index in this file; opening one moves it out (the index is
 //! rebuilt in the background). Version 2 rewrote `topics.last_offset` on every append;
