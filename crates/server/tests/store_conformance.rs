@@ -938,6 +938,28 @@ mod sqlite_only {
     }
 
     #[test]
+    fn thousands_of_messages_are_indexed_and_purged_across_read_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&store, &numbered("t", 1, 3000)).unwrap();
+        // The indexer reads a few hundred rows at a time; a step still takes its budget.
+        assert_eq!(store.maintain(2000).unwrap(), 2000);
+        assert_eq!(store.maintain(2000).unwrap(), 1000);
+        let index = rusqlite::Connection::open(dir.path().join("agentbus-search.db")).unwrap();
+        let entries = |index: &rusqlite::Connection| -> i64 {
+            index.query_row("SELECT count(*) FROM search", [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(entries(&index), 3000);
+        assert_eq!(hit_offsets(&search(&store, "message 2999")), vec![2999]);
+        // Nothing left to index: the step purges, reading the stored messages in chunks.
+        assert_eq!(store.trim(&keep(2500, 0), 0, 10_000).unwrap(), 500);
+        assert_eq!(store.maintain(2000).unwrap(), 0);
+        assert_eq!(entries(&index), 2500);
+        assert_eq!(hit_offsets(&search(&store, "message 501")), vec![501]);
+        assert_eq!(hit_offsets(&search(&store, "message 500")), Vec::<u64>::new());
+    }
+
+    #[test]
     fn trimmed_entries_are_purged_even_while_new_messages_keep_arriving() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
