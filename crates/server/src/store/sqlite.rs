@@ -388,8 +388,8 @@ fn insert_records<'r>(
     let mut insert_one = tx.prepare_cached(INSERT_MESSAGE).map_err(db_error)?;
     let mut i = 0;
     while i < records.len() {
-        let run = topic_ids.get(i..i + INSERT_ROWS).filter(|ids| i > 0 && ids.iter().all(|&id| id == ids[0]));
-        if run.is_some() {
+        let run = i > 0 && topic_ids.get(i..i + INSERT_ROWS).is_some_and(|ids| ids.iter().all(|&id| id == ids[0]));
+        if run {
             for (k, (r, id)) in records[i..i + INSERT_ROWS].iter().zip(&topic_ids[i..]).enumerate() {
                 bind_record(&mut insert_run, k * RUN_COLUMNS, None, *id, r)?;
             }
