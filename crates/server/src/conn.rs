@@ -46,6 +46,13 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Frames of a batch are gathered up to about this many bytes per socket write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
+/// The most bytes a frame's header takes (RFC 6455 §5.2, unmasked).
+const FRAME_HEADER_MAX: usize = 10;
+
+/// Room kept past [`WRITE_CHUNK`] for the frame that crosses it, so that a chunk of
+/// ordinary messages is written without growing the buffer.
+const MAX_FRAME_RESERVE: usize = 4 * 1024;
+
 /// Bounds a socket operation by [`WRITE_STALL`]. Most finish at the first poll; only one
 /// that has to wait arms a timer.
 async fn bounded<T>(op: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
@@ -211,7 +218,15 @@ where
     /// of about [`WRITE_CHUNK`] bytes and written straight to the socket, one write per
     /// chunk.
     async fn write_batch(&mut self, batch: &mut VecDeque<Outgoing>) -> std::io::Result<()> {
-        let mut out = Vec::new();
+        // Sized once for the frames at hand (a replay grows it to a chunk as it pages).
+        let framed: usize = batch
+            .iter()
+            .map(|item| match item {
+                Outgoing::Frame(f) => f.len() + FRAME_HEADER_MAX,
+                Outgoing::Replay(_) => WRITE_CHUNK,
+            })
+            .sum();
+        let mut out = Vec::with_capacity(framed.min(WRITE_CHUNK + MAX_FRAME_RESERVE));
         let mut inbox_written = 0;
         let mut bytes = 0;
         while let Some(item) = batch.pop_front() {

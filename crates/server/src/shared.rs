@@ -114,12 +114,40 @@ impl Shared {
         };
         let now = SystemTime::now();
         let timestamp_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let timestamp = humantime::format_rfc3339_millis(now).to_string();
+        let timestamp = rfc3339_millis(now);
         let topic = send.destination();
         let draft = MessageDraft::new(&topic, &id, &timestamp, &from_agent, send);
         let received = Instant::now();
         Ok(Publish { topic, id, client_id, from_agent, timestamp_ms, received, draft, origin })
     }
+}
+
+/// `now` as RFC 3339 UTC with milliseconds (`2026-11-26T14:52:31.123Z`), as the
+/// original server stamped messages. The text up to the second is formatted once per
+/// second and thread; each call appends the milliseconds.
+fn rfc3339_millis(now: SystemTime) -> String {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    // A clock before 1970 is stamped as 1970 (the formatter would panic on it).
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since_epoch.as_secs(), since_epoch.subsec_millis());
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != secs || prefix.is_empty() {
+            let whole = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            *prefix = humantime::format_rfc3339_seconds(whole).to_string();
+            prefix.pop(); // the `Z`
+            *second = secs;
+        }
+        let mut out = String::with_capacity(prefix.len() + 5);
+        out.push_str(prefix);
+        out.push('.');
+        out.push(char::from(b'0' + (millis / 100) as u8));
+        out.push(char::from(b'0' + (millis / 10 % 10) as u8));
+        out.push(char::from(b'0' + (millis % 10) as u8));
+        out.push('Z');
+        out
+    })
 }
 
 /// Search hits as protocol values (frames that fail to parse are skipped).
@@ -130,4 +158,23 @@ pub fn search_hits(hits: Vec<crate::store::StoredHit>) -> Vec<agentbus_protocol:
             Some(agentbus_protocol::SearchHit { message, snippet: h.snippet, score: h.score })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::rfc3339_millis;
+
+    #[test]
+    fn timestamps_match_the_full_formatter_across_seconds() {
+        let base = UNIX_EPOCH + Duration::from_millis(1_795_000_000_000);
+        for step in [0u64, 1, 9, 10, 99, 100, 999, 1_000, 1_001, 59_999, 86_400_123, 3_000_000_007] {
+            let t = base + Duration::from_millis(step);
+            assert_eq!(rfc3339_millis(t), humantime::format_rfc3339_millis(t).to_string(), "at +{step} ms");
+        }
+        assert_eq!(rfc3339_millis(UNIX_EPOCH - Duration::from_millis(1)), "1970-01-01T00:00:00.000Z");
+        let now = SystemTime::now();
+        assert_eq!(rfc3339_millis(now), humantime::format_rfc3339_millis(now).to_string());
+    }
 }

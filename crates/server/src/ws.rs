@@ -9,6 +9,7 @@
 //! else the RFC forbids is a [`WsError::Protocol`].
 
 use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::task::Poll;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -122,8 +123,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     pub async fn fill(&mut self) -> std::io::Result<usize> {
         self.compact();
         poll_fn(|cx| {
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
+            // Not zeroed: this runs on every wake of the connection's task, and the
+            // reader only ever sees the bytes the socket filled.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
             match std::pin::Pin::new(&mut self.io).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) => {
                     let filled = buf.filled();

@@ -639,7 +639,7 @@ impl Broker {
         let subscribers = t.subscribers.len();
         self.metrics.published.inc();
         self.metrics.delivered.inc_by(delivered as u64);
-        Metrics::observe(&self.metrics.delivery_latency, p.received.elapsed());
+        Metrics::observe(&self.metrics.delivery_latency, now.saturating_duration_since(p.received));
         for w in t.waiters.drain(..) {
             let _ = w.send(p.offset);
         }
