@@ -165,7 +165,12 @@ pub fn ack_frame(
     duplicate: bool,
     reference: Option<&Ref>,
 ) -> String {
-    let mut out = String::with_capacity(64 + id.len() + topic.as_str().len());
+    // The fixed text, two numbers of up to 20 digits, the strings and the `ref`.
+    let ref_len = reference.map_or(0, |r| match &r.0 {
+        serde_json::Value::String(s) => s.len() + 8,
+        _ => 32,
+    });
+    let mut out = String::with_capacity(112 + id.len() + topic.as_str().len() + ref_len);
     out.push_str(r#"{"type":"ack","id":"#);
     push_json_str(&mut out, id);
     out.push_str(r#","topic":""#);

@@ -123,8 +123,8 @@ pub fn run<T: Writable>(
         let (result, records) = if halted {
             (Err(Arc::new(StoreError::Halted)), 0)
         } else {
-            let records: Vec<Record<'_>> =
-                batches.iter().flat_map(|b| b.items.iter().filter_map(Writable::record)).collect();
+            let mut records: Vec<Record<'_>> = Vec::with_capacity(batches.iter().map(|b| b.items.len()).sum());
+            records.extend(batches.iter().flat_map(|b| b.items.iter().filter_map(Writable::record)));
             let cursors: Vec<Cursor> = batches.iter().flat_map(|b| b.cursors.iter().cloned()).collect();
             let n = records.len();
             let result =
