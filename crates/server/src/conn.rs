@@ -218,12 +218,14 @@ where
     /// of about [`WRITE_CHUNK`] bytes and written straight to the socket, one write per
     /// chunk.
     async fn write_batch(&mut self, batch: &mut VecDeque<Outgoing>) -> std::io::Result<()> {
-        // Sized once for the frames at hand (a replay grows it to a chunk as it pages).
+        // Sized once for the frames at hand. A replay grows it as it pages: reserving a
+        // whole chunk for every subscription's replay left ~130 B more per idle
+        // connection (`idle` at 19,000 connections).
         let framed: usize = batch
             .iter()
             .map(|item| match item {
                 Outgoing::Frame(f) => f.len() + FRAME_HEADER_MAX,
-                Outgoing::Replay(_) => WRITE_CHUNK,
+                Outgoing::Replay(_) => 0,
             })
             .sum();
         let mut out = Vec::with_capacity(framed.min(WRITE_CHUNK + MAX_FRAME_RESERVE));
