@@ -58,6 +58,12 @@ pub fn start(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.ephemeral {
         cmd.arg("--ephemeral");
     }
+    if let Some(url) = &args.redis_url {
+        cmd.arg("--redis").arg(url);
+    }
+    if let Some(prefix) = &args.redis_prefix {
+        cmd.arg("--redis-prefix").arg(prefix);
+    }
     if let Some(l) = &args.log_level {
         cmd.arg("--log-level").arg(l);
     }

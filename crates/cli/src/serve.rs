@@ -28,6 +28,13 @@ pub struct ServeArgs {
     /// Keep everything in memory; nothing survives a restart.
     #[arg(long, env = "AGENTBUS_EPHEMERAL")]
     pub ephemeral: bool,
+    /// Keep history in Redis, shared with every server using the same Redis and prefix
+    /// (redis://host:port/db), instead of SQLite in the data folder.
+    #[arg(long = "redis", env = "AGENTBUS_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key: servers with the same Redis and prefix form one bus [default: agentbus].
+    #[arg(long, env = "AGENTBUS_REDIS_PREFIX", value_name = "NAME")]
+    pub redis_prefix: Option<String>,
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter) [default: info].
     #[arg(long, env = "AGENTBUS_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -72,6 +79,16 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if args.ephemeral {
         config.ephemeral = true;
+    }
+    if let Some(url) = &args.redis_url {
+        let prefix = config.redis.as_ref().map_or_else(agentbus_server::config::default_redis_prefix, |r| r.prefix.clone());
+        config.redis = Some(agentbus_server::config::RedisConfig { url: url.clone(), prefix });
+    }
+    if let Some(prefix) = &args.redis_prefix {
+        match config.redis.as_mut() {
+            Some(r) => r.prefix = prefix.clone(),
+            None => anyhow::bail!("--redis-prefix needs --redis (or a [redis] section)"),
+        }
     }
     if let Some(level) = &args.log_level {
         config.log.level = Some(level.clone());
@@ -164,7 +181,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let info = pidfile::PidInfo { pid, listen: addr.to_string(), started_ms, log: config.log.file.clone() };
         pidfile::write(&config.data, &info)?;
-        let where_ = if config.ephemeral { "memory (ephemeral)".to_owned() } else { config.data.display().to_string() };
+        let where_ = match (&config.redis, config.ephemeral) {
+            (Some(r), _) => format!("redis {} (prefix {})", agentbus_server::store::redis::redact(&r.url), r.prefix),
+            (None, true) => "memory (ephemeral)".to_owned(),
+            (None, false) => config.data.display().to_string(),
+        };
         tracing::info!(%addr, store = %where_, pid, "agentbus {} listening on ws://{addr}", env!("CARGO_PKG_VERSION"));
         println!("agentbus listening on {addr}");
         let data = config.data.clone();

@@ -29,6 +29,25 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS: with this section the same port serves `wss://` and `https://` only.
     pub tls: Option<TlsConfig>,
+    /// Keep history in Redis, shared with every server that uses the same Redis and
+    /// prefix, instead of SQLite.
+    pub redis: Option<RedisConfig>,
+}
+
+/// A bus shared by several servers through Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]`.
+    pub url: String,
+    /// Prefix of every key: servers with the same Redis and prefix form one bus.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+}
+
+/// The default key prefix.
+pub fn default_redis_prefix() -> String {
+    "agentbus".to_owned()
 }
 
 /// Who may connect, and what each agent may publish and read.
@@ -97,6 +116,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            redis: None,
         }
     }
 }

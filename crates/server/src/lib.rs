@@ -9,6 +9,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod conn;
+pub mod feed;
 pub mod http;
 pub mod listener;
 pub mod metrics;
@@ -54,6 +55,9 @@ pub enum ServerError {
 
 /// Opens the store the configuration asks for.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(redis) = &config.redis {
+        return Ok(Arc::new(store::redis::RedisStore::open(&redis.url, &redis.prefix)?));
+    }
     if config.ephemeral {
         return Ok(Arc::new(store::memory::MemoryStore::new(config.store.dedupe_window)));
     }
@@ -80,7 +84,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store = open_store(&config)?;
+    let store = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_store(&config))
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))??
+    };
     serve_with_store(config, listener, store, shutdown).await
 }
 
@@ -108,6 +117,8 @@ pub async fn serve_with_store(
     let options = BrokerOptions {
         server_name: SERVER_NAME.to_owned(),
         boot_epoch: boot_epoch.clone(),
+        topic_epoch: store.shared_epoch().unwrap_or_else(|| boot_epoch.clone()),
+        shared_store: store.numbers_messages(),
         dedupe_window: config.store.dedupe_window,
         max_subscriptions: config.limits.max_subscriptions_per_connection,
         max_waiters: 10_000,
@@ -141,6 +152,9 @@ pub async fn serve_with_store(
     let broker_task = tokio::spawn(broker::task::run(broker, commands, writer_tx, done_rx));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(redis) = &config.redis {
+        feed::start(redis, handle.clone(), shutdown_rx.clone())?;
+    }
     let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
     let shared = Arc::new(Shared::new(handle, store, config, boot_epoch, shutdown_rx.clone(), tasks_tx, metrics, auth));
     tokio::spawn(async move {

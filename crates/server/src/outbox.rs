@@ -29,6 +29,16 @@ pub struct Replay {
     pub newest: Option<u64>,
     /// Send a `subscribed` reply first, with these details.
     pub subscribed: Option<SubscribedReply>,
+    /// Send the frames as they went out live, not marked as replayed: they fill a gap
+    /// in live delivery (messages another server stored in a shared store).
+    pub live: bool,
+}
+
+impl Replay {
+    /// The messages of `topic` in `(after, upto]`, sent as live ones.
+    pub fn gap(topic: TopicName, after: u64, upto: u64) -> Self {
+        Self { topic, after, upto, newest: None, subscribed: None, live: true }
+    }
 }
 
 /// The `subscribed` reply, finished by the connection task once it knows whether the

@@ -78,10 +78,11 @@ impl ReplayCursor {
         }
         let last = page.last().map(|m| m.offset);
         let full_page = page.len() >= REPLAY_PAGE;
-        out.extend(
-            page.into_iter()
-                .map(|m| ReplayFrame { offset: Some(m.offset), frame: Utf8Bytes::from(replay_frame(&m.frame)) }),
-        );
+        let live = self.replay.live;
+        out.extend(page.into_iter().map(|m| ReplayFrame {
+            offset: Some(m.offset),
+            frame: if live { m.frame } else { Utf8Bytes::from(replay_frame(&m.frame)) },
+        }));
         match last {
             Some(last) if newest.is_none() && full_page && last < upto => self.after = last,
             _ => self.done = true,

@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing, PushError, Replay, SubscribedReply};
 use crate::store::writer::{FromWriter, ToWriter, Writable, WriteBatch};
-use crate::store::{Cursor, KnownId, Record, StoreError, TopicState};
+use crate::store::redis::with_offset;
+use crate::store::{Assigned, Cursor, KnownId, Record, StoreError, TopicState};
 
 /// Identifies one connection (WebSocket or SSE stream) for the life of the server.
 pub type ConnId = u64;
@@ -179,6 +180,24 @@ pub enum Command {
     PingAll,
     /// The server is shutting down: close every outbox, now and on opening.
     Shutdown,
+    /// A message another server stored in the shared store.
+    Remote {
+        /// Its topic.
+        topic: TopicName,
+        /// Its offset.
+        offset: u64,
+        /// The frame.
+        frame: Utf8Bytes,
+    },
+    /// The shared store holds `topic` up to `last` (after the feed was away).
+    CaughtUp {
+        /// The topic.
+        topic: TopicName,
+        /// Its newest offset.
+        last: u64,
+    },
+    /// An agent's inbox cursor advanced on another server.
+    RemoteCursor(Cursor),
 }
 
 /// The broker's counts, for the metrics gauges.
@@ -199,8 +218,15 @@ pub struct Stats {
 pub struct BrokerOptions {
     /// Name and version reported in `registered`.
     pub server_name: String,
-    /// Epoch given to topics created by this run.
+    /// Unique to this run: prefixes sessions.
     pub boot_epoch: String,
+    /// Epoch given to the topics this run creates (the run's own, or the bus's when the
+    /// store is shared).
+    pub topic_epoch: String,
+    /// Offsets are given by a store shared with other servers: the broker's are
+    /// provisional, client ids are checked by the store, and other servers' messages
+    /// arrive as [`Command::Remote`].
+    pub shared_store: bool,
     /// Client ids remembered for idempotency.
     pub dedupe_window: usize,
     /// Most subscriptions per connection.
@@ -257,6 +283,7 @@ struct Agent {
 pub struct Broker {
     options: BrokerOptions,
     boot_epoch: Arc<str>,
+    topic_epoch: Arc<str>,
     topics: HashMap<TopicName, Topic>,
     conns: HashMap<ConnId, Conn>,
     agents: HashMap<AgentId, Agent>,
@@ -290,8 +317,10 @@ impl Broker {
         metrics: Arc<Metrics>,
     ) -> Self {
         let boot_epoch: Arc<str> = Arc::from(options.boot_epoch.as_str());
+        let topic_epoch: Arc<str> = Arc::from(options.topic_epoch.as_str());
         let mut broker = Self {
             boot_epoch,
+            topic_epoch,
             topics: HashMap::default(),
             conns: HashMap::default(),
             agents: HashMap::default(),
@@ -328,7 +357,7 @@ impl Broker {
     }
 
     fn topic_mut(&mut self, name: &TopicName) -> &mut Topic {
-        let epoch = &self.boot_epoch;
+        let epoch = &self.topic_epoch;
         self.topics.entry(name.clone()).or_insert_with(|| Topic::new(epoch.clone(), 0))
     }
 
@@ -351,6 +380,15 @@ impl Broker {
                 self.close_all();
             }
             Command::Close { conn } => self.close(conn),
+            Command::Remote { topic, offset, frame } => {
+                self.topic_mut(&topic);
+                let _ = self.fan_out(&topic, offset, &frame);
+            }
+            Command::CaughtUp { topic, last } => self.caught_up(&topic, last),
+            Command::RemoteCursor(c) => {
+                let pos = self.cursors.entry(c.agent).or_insert(0);
+                *pos = (*pos).max(c.offset);
+            }
             Command::Register { conn, frame, reference } => self.register(conn, frame, reference),
             Command::Subscribe { conn, frame, reference } => self.subscribe(conn, frame, reference),
             Command::Unsubscribe { conn, topic, reference } => self.unsubscribe(conn, topic, reference),
@@ -458,7 +496,7 @@ impl Broker {
         let committed = t.committed;
         if committed > cursor {
             let replay =
-                Replay { topic: inbox.clone(), after: cursor, upto: committed, newest: None, subscribed: None };
+                Replay { topic: inbox.clone(), after: cursor, upto: committed, newest: None, subscribed: None, live: false };
             // The cursor advances when the connection reports these written.
             let _ = outbox.push(Outgoing::Replay(Box::new(replay)));
         }
@@ -508,6 +546,7 @@ impl Broker {
             upto: committed,
             newest,
             subscribed: Some(SubscribedReply { epoch, recovery, reset, reference }),
+            live: false,
         };
         if outbox.push(Outgoing::Replay(Box::new(replay))).is_ok() && !already {
             push_small(&mut t.subscribers, (conn, outbox));
@@ -533,7 +572,8 @@ impl Broker {
     }
 
     fn publish(&mut self, p: Publish) {
-        if p.client_id
+        let local_ids = p.client_id && !self.options.shared_store;
+        if local_ids
             && let Some((topic, offset)) = self.ids.get(&p.id).cloned()
         {
             let epoch = self.topic_mut(&topic).epoch.clone();
@@ -557,7 +597,7 @@ impl Broker {
         t.next += 1;
         let epoch = t.epoch.clone();
         let frame = Utf8Bytes::from(p.draft.finish(offset));
-        if p.client_id {
+        if local_ids {
             self.remember_id(p.id.clone(), p.topic.clone(), offset);
         }
         self.to_write.push(Pending {
@@ -596,15 +636,18 @@ impl Broker {
     pub fn on_writer(&mut self, msg: FromWriter<Pending>) {
         match msg {
             FromWriter::Resumed => self.awaiting_resume = false,
-            FromWriter::Done { batches, result: Ok(()), records } => {
+            FromWriter::Done { batches, result: Ok(()), records, assigned } => {
                 if records > 0 {
                     self.metrics.commit_batch.observe(records as f64);
                 }
                 // One clock reading for the commit: its messages were stored together.
                 let now = Instant::now();
+                let mut assigned = assigned.map(Vec::into_iter);
                 for batch in batches {
                     for p in batch.items {
-                        self.committed(p, now);
+                        // Records (and so their numbers) exist for all but local duplicates.
+                        let a = if p.duplicate { None } else { assigned.as_mut().and_then(Iterator::next) };
+                        self.committed(p, a, now);
                     }
                 }
             }
@@ -612,7 +655,15 @@ impl Broker {
         }
     }
 
-    fn committed(&mut self, p: Pending, now: Instant) {
+    fn committed(&mut self, mut p: Pending, assigned: Option<Assigned>, now: Instant) {
+        if let Some(a) = assigned {
+            if let Some(stored_on) = a.duplicate {
+                (p.duplicate, p.topic, p.offset) = (true, stored_on, a.offset);
+            } else if a.offset != p.offset {
+                p.frame = Utf8Bytes::from(with_offset(&p.frame, a.offset));
+                p.offset = a.offset;
+            }
+        }
         self.metrics.acks.inc();
         if p.duplicate {
             self.metrics.duplicates.inc();
@@ -621,32 +672,10 @@ impl Broker {
             return;
         }
         Metrics::observe(&self.metrics.ack_latency, now.saturating_duration_since(p.received));
-        let Some(t) = self.topics.get_mut(&p.topic) else { return };
-        t.committed = p.offset;
-        let mut delivered = 0;
-        for (conn, outbox) in &t.subscribers {
-            match outbox.push(Outgoing::Frame(p.frame.clone())) {
-                Ok(()) => delivered += 1,
-                Err(PushError::Overflow) => {
-                    self.metrics.slow_consumers.inc();
-                    let agent = self.conns.get(conn).and_then(|c| c.agent.as_ref()).map_or("-", |a| a.as_str());
-                    tracing::warn!(
-                        conn,
-                        agent,
-                        topic = %p.topic,
-                        "slow consumer: agent '{agent}' (connection {conn}) fell behind and is closed"
-                    );
-                }
-                Err(PushError::Gone) => {}
-            }
-        }
-        let subscribers = t.subscribers.len();
+        let Some(delivered) = self.fan_out(&p.topic, p.offset, &p.frame) else { return };
+        let subscribers = self.topics.get(&p.topic).map_or(0, |t| t.subscribers.len());
         self.metrics.published.inc();
-        self.metrics.delivered.inc_by(delivered as u64);
         Metrics::observe(&self.metrics.delivery_latency, now.saturating_duration_since(p.received));
-        for w in t.waiters.drain(..) {
-            let _ = w.send(p.offset);
-        }
         tracing::debug!(
             topic = %p.topic,
             offset = p.offset,
@@ -655,6 +684,66 @@ impl Broker {
         );
         let ack = Ack { id: p.id, topic: p.topic, offset: p.offset, delivered, duplicate: false };
         send_ack(p.origin, Ok(ack));
+    }
+
+    /// Hands the frame stored at `offset` of `topic` to its subscribers, once: with a
+    /// shared store the same message comes from this server's commit and from the feed,
+    /// in either order, and other servers' messages may be missing before it (those are
+    /// replayed from the store first). Returns how many subscribers it went to, `None`
+    /// for an unknown topic.
+    fn fan_out(&mut self, topic: &TopicName, offset: u64, frame: &Utf8Bytes) -> Option<usize> {
+        let t = self.topics.get_mut(topic)?;
+        if offset <= t.committed {
+            return Some(t.subscribers.len());
+        }
+        if offset > t.committed + 1 {
+            let gap = Replay::gap(topic.clone(), t.committed, offset - 1);
+            for (_, outbox) in &t.subscribers {
+                let _ = outbox.push(Outgoing::Replay(Box::new(gap.clone())));
+            }
+        }
+        t.committed = offset;
+        t.next = t.next.max(offset + 1);
+        let mut delivered = 0;
+        for (conn, outbox) in &t.subscribers {
+            match outbox.push(Outgoing::Frame(frame.clone())) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Overflow) => {
+                    self.metrics.slow_consumers.inc();
+                    let agent = self.conns.get(conn).and_then(|c| c.agent.as_ref()).map_or("-", |a| a.as_str());
+                    tracing::warn!(
+                        conn,
+                        agent,
+                        topic = %topic,
+                        "slow consumer: agent '{agent}' (connection {conn}) fell behind and is closed"
+                    );
+                }
+                Err(PushError::Gone) => {}
+            }
+        }
+        self.metrics.delivered.inc_by(delivered as u64);
+        for w in t.waiters.drain(..) {
+            let _ = w.send(offset);
+        }
+        Some(delivered)
+    }
+
+    /// The shared store holds everything of `topic` up to `last`: subscribers get what
+    /// they have not seen from the store.
+    fn caught_up(&mut self, topic: &TopicName, last: u64) {
+        let t = self.topic_mut(topic);
+        if last <= t.committed {
+            return;
+        }
+        let gap = Replay::gap(topic.clone(), t.committed, last);
+        for (_, outbox) in &t.subscribers {
+            let _ = outbox.push(Outgoing::Replay(Box::new(gap.clone())));
+        }
+        t.committed = last;
+        t.next = t.next.max(last + 1);
+        for w in t.waiters.drain(..) {
+            let _ = w.send(last);
+        }
     }
 
     fn failed(&mut self, batches: Vec<WriteBatch<Pending>>, error: &StoreError) {
@@ -777,6 +866,8 @@ mod tests {
         let options = BrokerOptions {
             server_name: "test".into(),
             boot_epoch: "e1".into(),
+            topic_epoch: "e1".into(),
+            shared_store: false,
             dedupe_window: 100,
             max_subscriptions: 10,
             max_waiters: 10,
@@ -840,7 +931,7 @@ mod tests {
     fn commit(b: &mut Broker, result: Result<(), StoreError>) -> Vec<u64> {
         let Some(ToWriter::Batch(batch)) = b.take_write() else { panic!("a batch") };
         let offsets = batch.items.iter().map(|p| p.offset).collect();
-        b.on_writer(FromWriter::Done { batches: vec![batch], result: result.map_err(Arc::new), records: 0 });
+        b.on_writer(FromWriter::Done { batches: vec![batch], result: result.map_err(Arc::new), records: 0, assigned: None });
         offsets
     }
 
@@ -877,11 +968,13 @@ mod tests {
             batches: vec![failed],
             result: Err(Arc::new(StoreError::Full("disk".into()))),
             records: 0,
+            assigned: None,
         });
         b.on_writer(FromWriter::Done {
             batches: vec![also_refused],
             result: Err(Arc::new(StoreError::Halted)),
             records: 0,
+            assigned: None,
         });
         assert!(matches!(b.take_write(), Some(ToWriter::Resume)), "the writer is told to resume once");
         assert!(b.take_write().is_none());
@@ -900,7 +993,7 @@ mod tests {
         publish(&mut b, "t", Some("same"), p.clone());
         let Some(ToWriter::Batch(batch)) = b.take_write() else { panic!() };
         assert_eq!(batch.items.iter().filter(|i| i.record().is_some()).count(), 1);
-        b.on_writer(FromWriter::Done { batches: vec![batch], result: Ok(()), records: 1 });
+        b.on_writer(FromWriter::Done { batches: vec![batch], result: Ok(()), records: 1, assigned: None });
         let acks = frames(&p);
         assert_eq!(acks.len(), 2);
         assert_eq!((acks[1]["offset"].as_u64(), acks[1]["duplicate"].as_bool()), (Some(1), Some(true)));

@@ -29,6 +29,11 @@ impl BrokerHandle {
         self.tx.send(cmd).await.map_err(|_| BrokerGone)
     }
 
+    /// Sends a command from a thread outside the runtime, waiting while the queue is full.
+    pub fn blocking_send(&self, cmd: Command) -> Result<(), BrokerGone> {
+        self.tx.blocking_send(cmd).map_err(|_| BrokerGone)
+    }
+
     /// Sends a command if there is room right now.
     pub fn try_send(&self, cmd: Command) -> Result<(), BrokerGone> {
         self.tx.try_send(cmd).map_err(|_| BrokerGone)

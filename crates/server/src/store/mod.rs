@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod indexer;
 pub mod memory;
+pub mod redis;
 pub mod search;
 pub mod sqlite;
 pub mod writer;
@@ -33,6 +34,16 @@ pub struct Record<'a> {
     pub from_agent: &'a str,
     /// The complete `message` frame as sent live.
     pub frame: &'a str,
+}
+
+/// The offset a store that numbers messages itself gave a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    /// Its offset.
+    pub offset: u64,
+    /// Set when the record's client-chosen id was already stored (at `offset` of this
+    /// topic): nothing was stored.
+    pub duplicate: Option<TopicName>,
 }
 
 /// An agent's inbox position: every inbox message up to `offset` was handed to one of
@@ -148,6 +159,25 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Stores `records` and `cursors` atomically: all or nothing.
     fn append(&self, records: &[Record<'_>], cursors: &[Cursor]) -> Result<(), StoreError>;
+
+    /// Whether the store numbers messages itself (it is shared by several servers): the
+    /// broker's offsets are then provisional and [`Store::append_numbered`] gives the
+    /// real ones.
+    fn numbers_messages(&self) -> bool {
+        false
+    }
+
+    /// The epoch of every topic, when the store is shared by several servers (each
+    /// would otherwise give topics it creates its own).
+    fn shared_epoch(&self) -> Option<String> {
+        None
+    }
+
+    /// [`Store::append`], returning what each record became, in order.
+    fn append_numbered(&self, records: &[Record<'_>], cursors: &[Cursor]) -> Result<Vec<Assigned>, StoreError> {
+        self.append(records, cursors)?;
+        Ok(records.iter().map(|r| Assigned { offset: r.offset, duplicate: None }).collect())
+    }
 
     /// Messages of `topic` with offsets in `(after, upto]`, oldest first, at most `limit`.
     fn read_range(&self, topic: &TopicName, after: u64, upto: u64, limit: usize) -> Result<Vec<Stored>, StoreError>;

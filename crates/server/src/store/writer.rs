@@ -19,7 +19,7 @@ use agentbus_protocol::TopicName;
 use tokio::sync::mpsc;
 
 use super::indexer::IndexWaker;
-use super::{Cursor, Record, Retention, Store, StoreError};
+use super::{Assigned, Cursor, Record, Retention, Store, StoreError};
 
 /// Batches that may wait for the writer; when full, the broker waits (and so, through
 /// its own bounded queue, do the publishers).
@@ -66,6 +66,8 @@ pub enum FromWriter<T> {
         result: Result<(), Arc<StoreError>>,
         /// Records in the transaction.
         records: usize,
+        /// What each record became, in order, when the store numbers messages itself.
+        assigned: Option<Vec<Assigned>>,
     },
     /// The writer accepts batches again.
     Resumed,
@@ -127,8 +129,13 @@ pub fn run<T: Writable>(
             records.extend(batches.iter().flat_map(|b| b.items.iter().filter_map(Writable::record)));
             let cursors: Vec<Cursor> = batches.iter().flat_map(|b| b.cursors.iter().cloned()).collect();
             let n = records.len();
-            let result =
-                if records.is_empty() && cursors.is_empty() { Ok(()) } else { store.append(&records, &cursors) };
+            let result = if records.is_empty() && cursors.is_empty() {
+                Ok(None)
+            } else if store.numbers_messages() {
+                store.append_numbered(&records, &cursors).map(Some)
+            } else {
+                store.append(&records, &cursors).map(|()| None)
+            };
             if let Err(e) = &result {
                 tracing::error!(error = %e, records = n, "store write failed; refusing writes until offsets are rewound");
                 halted = true;
@@ -138,7 +145,11 @@ pub fn run<T: Writable>(
         if result.is_ok() && records > 0 {
             indexer.wake();
         }
-        if done.blocking_send(FromWriter::Done { batches, result, records }).is_err() {
+        let (result, assigned) = match result {
+            Ok(assigned) => (Ok(()), assigned),
+            Err(e) => (Err(e), None),
+        };
+        if done.blocking_send(FromWriter::Done { batches, result, records, assigned }).is_err() {
             return;
         }
     }
