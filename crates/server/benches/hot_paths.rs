@@ -57,6 +57,8 @@ fn fanout(c: &mut Criterion) {
     let options = BrokerOptions {
         server_name: "bench".into(),
         boot_epoch: "e".into(),
+        topic_epoch: "e".into(),
+        shared_store: false,
         dedupe_window: 1000,
         max_subscriptions: 10,
         max_waiters: 10,
@@ -88,7 +90,7 @@ fn fanout(c: &mut Criterion) {
                 origin: Reply::Outbox(publisher.clone(), None),
             })));
             let Some(ToWriter::Batch(batch)) = broker.take_write() else { panic!("a batch") };
-            broker.on_writer(FromWriter::Done { batches: vec![batch], result: Ok(()), records: 1 });
+            broker.on_writer(FromWriter::Done { batches: vec![batch], result: Ok(()), records: 1, assigned: None });
             for outbox in &outboxes {
                 outbox.try_drain(&mut sink);
                 sink.clear();

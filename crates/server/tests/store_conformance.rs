@@ -1,6 +1,9 @@
 //! The store conformance suite: every behaviour of the `Store` interface, written once and
-//! run against each implementation (`memory::*` and `sqlite::*`), plus what only the
-//! SQLite store has to do (survive a reopen, refuse bad files, stop at its size cap).
+//! run against each implementation (`memory::*` and `sqlite::*`, and `redis::*` for what
+//! a store that numbers messages itself shares with them), plus what only the SQLite
+//! store has to do (survive a reopen, refuse bad files, stop at its size cap) and what
+//! only the Redis store does (number messages, check client ids, share one history
+//! between stores with the same prefix), against a real `redis-server`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,24 +13,73 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use agentbus_protocol::TopicName;
 use agentbus_server::config::{StoreConfig, SyncMode};
 use agentbus_server::store::memory::MemoryStore;
+use agentbus_server::store::redis::RedisStore;
 use agentbus_server::store::sqlite::SqliteStore;
 use agentbus_server::store::{Cursor, Record, Retention, SearchQuery, Store, StoreError, StoredHit};
-use tempfile::TempDir;
 
-/// Keeps a store's files alive for the duration of a test.
-type Guard = Option<TempDir>;
+/// Keeps a store's files (or server) alive for the duration of a test.
+type Guard = Box<dyn std::any::Any>;
 
 /// Makes a fresh, empty store.
 type Factory = fn() -> (Arc<dyn Store>, Guard);
 
 fn memory_store() -> (Arc<dyn Store>, Guard) {
-    (Arc::new(MemoryStore::new(1000)), None)
+    (Arc::new(MemoryStore::new(1000)), Box::new(()))
 }
 
 fn sqlite_store() -> (Arc<dyn Store>, Guard) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
-    (Arc::new(store), Some(dir))
+    (Arc::new(store), Box::new(dir))
+}
+
+/// A `redis-server` of its own on a free loopback port, stopped when dropped.
+struct RedisServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `redis-server` can run here; in CI (`CI=true`) it must.
+fn redis_available() -> bool {
+    let found = std::process::Command::new("redis-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "redis-server is not installed (run scripts/test.sh)");
+        eprintln!("redis-server is not installed: Redis store tests skipped");
+    }
+    found
+}
+
+fn start_redis() -> RedisServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = RedisServer { child, url: format!("redis://127.0.0.1:{port}/") };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    server
+}
+
+fn redis_store() -> (Arc<dyn Store>, Guard) {
+    let server = start_redis();
+    let store = RedisStore::open(&server.url, "test").unwrap();
+    (Arc::new(store), Box::new(server))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -176,6 +228,38 @@ macro_rules! conformance {
         }
     };
 }
+
+/// What the Redis store shares with the others (it numbers messages itself, so the
+/// checks of offsets given by the broker do not apply, and it has no full-text index).
+macro_rules! redis_conformance {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $( #[test] fn $name() { if super::redis_available() { super::$name(super::redis_store) } } )*
+        }
+    };
+}
+
+redis_conformance!(
+    read_range_returns_offsets_after_up_to_oldest_first_within_the_limit,
+    read_before_returns_the_newest_below_oldest_first,
+    unknown_topics_read_as_empty,
+    frames_are_returned_verbatim,
+    a_batch_may_interleave_topics_and_offsets_continue_across_batches,
+    long_runs_of_one_topic_and_interleaved_topics_in_one_batch_are_all_stored,
+    topics_report_first_and_last_offsets_and_the_first_epoch,
+    cursors_are_upserted_and_never_move_back,
+    trimming_by_count_keeps_the_newest_messages,
+    trimming_by_age_removes_messages_older_than_the_limit,
+    unlimited_retention_trims_nothing,
+    search_requires_every_word,
+    search_ignores_the_other_fields_of_the_frame,
+    search_filters_by_topic_and_sender,
+    hostile_queries_are_plain_words_and_never_fail,
+    an_empty_query_finds_nothing,
+    trimmed_messages_disappear_from_search,
+    reads_run_while_batches_are_appended,
+    a_fresh_store_is_ready_and_empty,
+);
 
 conformance!(
     read_range_returns_offsets_after_up_to_oldest_first_within_the_limit,
@@ -1053,5 +1137,91 @@ mod sqlite_only {
         let conn = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
         let newest: i64 = conn.query_row("SELECT max(seq) FROM messages", [], |r| r.get(0)).unwrap();
         assert_eq!(newest, 10);
+    }
+}
+
+mod redis_only {
+    use super::*;
+    use agentbus_server::store::Assigned;
+
+    fn numbered_records(store: &dyn Store, msgs: &[Msg]) -> Vec<Assigned> {
+        let records: Vec<Record<'_>> = msgs.iter().map(Msg::record).collect();
+        store.append_numbered(&records, &[]).unwrap()
+    }
+
+    #[test]
+    fn messages_are_numbered_by_the_store_per_topic_and_frames_carry_the_number() {
+        if !redis_available() {
+            return;
+        }
+        let (store, _guard) = redis_store();
+        assert!(store.numbers_messages());
+        // The offsets a broker proposes are only provisional.
+        let msgs = vec![Msg::text("a", 7, "one"), Msg::text("b", 7, "two"), Msg::text("a", 7, "three")];
+        let got: Vec<u64> = numbered_records(&*store, &msgs).iter().map(|a| a.offset).collect();
+        assert_eq!(got, [1, 1, 2]);
+        let a = store.read_range(&topic("a"), 0, 10, 10).unwrap();
+        assert_eq!(offsets(&a), [1, 2]);
+        assert!(a[1].frame.as_str().ends_with(r#""offset":2}"#), "{}", a[1].frame.as_str());
+        assert!(a[1].frame.as_str().contains("three"));
+        assert_eq!(store.last_offset(&topic("a")).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_known_client_id_is_not_stored_again_and_names_where_it_was() {
+        if !redis_available() {
+            return;
+        }
+        let (store, _guard) = redis_store();
+        let first = numbered_records(&*store, &[Msg::text("a", 1, "x").client_id("req-1")]);
+        assert_eq!(first, [Assigned { offset: 1, duplicate: None }]);
+        let again = numbered_records(&*store, &[Msg::text("b", 1, "x").client_id("req-1"), Msg::text("b", 1, "y")]);
+        assert_eq!(
+            again,
+            [Assigned { offset: 1, duplicate: Some(topic("a")) }, Assigned { offset: 1, duplicate: None }]
+        );
+        assert_eq!(offsets(&store.read_range(&topic("b"), 0, 10, 10).unwrap()), [1]);
+    }
+
+    #[test]
+    fn stores_with_one_prefix_share_a_history_and_other_prefixes_do_not() {
+        if !redis_available() {
+            return;
+        }
+        let server = start_redis();
+        let one = RedisStore::open(&server.url, "bus1").unwrap();
+        let two = RedisStore::open(&server.url, "bus1").unwrap();
+        let other = RedisStore::open(&server.url, "bus2").unwrap();
+        numbered_records(&one, &numbered("t", 1, 3));
+        let next = numbered_records(&two, &numbered("t", 1, 1));
+        assert_eq!(next[0].offset, 4, "the second store continues the first one's numbering");
+        assert_eq!(offsets(&one.read_range(&topic("t"), 0, 10, 10).unwrap()), [1, 2, 3, 4]);
+        assert_eq!(one.shared_epoch(), two.shared_epoch());
+        assert!(other.topics().unwrap().is_empty());
+        assert_ne!(one.shared_epoch(), other.shared_epoch());
+    }
+
+    #[test]
+    fn trimming_every_message_keeps_the_numbering() {
+        if !redis_available() {
+            return;
+        }
+        let (store, _guard) = redis_store();
+        let msgs: Vec<Msg> = (1..=3).map(|o| Msg::text("t", o, "x").ts(0)).collect();
+        numbered_records(&*store, &msgs);
+        assert_eq!(store.trim(&keep(0, 10), 1_000_000, 1000).unwrap(), 3);
+        assert_eq!((store.first_offset(&topic("t")).unwrap(), store.last_offset(&topic("t")).unwrap()), (0, 3));
+        assert_eq!(numbered_records(&*store, &numbered("t", 1, 1))[0].offset, 4);
+        assert_eq!(offsets(&store.read_range(&topic("t"), 0, 100, 100).unwrap()), vec![4]);
+    }
+
+    #[test]
+    fn an_unreachable_redis_is_an_open_error_naming_it_without_its_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("redis://:hunter2@127.0.0.1:{port}/");
+        let Err(e) = RedisStore::open(&url, "x") else { panic!("opened a closed port") };
+        let text = e.to_string();
+        assert!(matches!(e, StoreError::Open { .. }), "{text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")) && !text.contains("hunter2"), "{text}");
     }
 }

@@ -14,8 +14,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing, PushError, Replay, SubscribedReply};
-use crate::store::writer::{FromWriter, ToWriter, Writable, WriteBatch};
 use crate::store::redis::with_offset;
+use crate::store::writer::{FromWriter, ToWriter, Writable, WriteBatch};
 use crate::store::{Assigned, Cursor, KnownId, Record, StoreError, TopicState};
 
 /// Identifies one connection (WebSocket or SSE stream) for the life of the server.
@@ -495,8 +495,14 @@ impl Broker {
         push_small(&mut t.subscribers, (conn, outbox.clone()));
         let committed = t.committed;
         if committed > cursor {
-            let replay =
-                Replay { topic: inbox.clone(), after: cursor, upto: committed, newest: None, subscribed: None, live: false };
+            let replay = Replay {
+                topic: inbox.clone(),
+                after: cursor,
+                upto: committed,
+                newest: None,
+                subscribed: None,
+                live: false,
+            };
             // The cursor advances when the connection reports these written.
             let _ = outbox.push(Outgoing::Replay(Box::new(replay)));
         }
@@ -573,9 +579,7 @@ impl Broker {
 
     fn publish(&mut self, p: Publish) {
         let local_ids = p.client_id && !self.options.shared_store;
-        if local_ids
-            && let Some((topic, offset)) = self.ids.get(&p.id).cloned()
-        {
+        if local_ids && let Some((topic, offset)) = self.ids.get(&p.id).cloned() {
             let epoch = self.topic_mut(&topic).epoch.clone();
             self.to_write.push(Pending {
                 topic,
@@ -857,7 +861,7 @@ mod tests {
 
     use std::collections::VecDeque;
 
-    use agentbus_protocol::{ClientFrame, ParseLimits, SubscribeFrame};
+    use agentbus_protocol::{ClientFrame, ParseLimits, SubscribeFrame, frame_offset};
 
     use super::*;
     use crate::outbox::OutboxState;
@@ -931,7 +935,12 @@ mod tests {
     fn commit(b: &mut Broker, result: Result<(), StoreError>) -> Vec<u64> {
         let Some(ToWriter::Batch(batch)) = b.take_write() else { panic!("a batch") };
         let offsets = batch.items.iter().map(|p| p.offset).collect();
-        b.on_writer(FromWriter::Done { batches: vec![batch], result: result.map_err(Arc::new), records: 0, assigned: None });
+        b.on_writer(FromWriter::Done {
+            batches: vec![batch],
+            result: result.map_err(Arc::new),
+            records: 0,
+            assigned: None,
+        });
         offsets
     }
 
@@ -1020,5 +1029,91 @@ mod tests {
         let mut all = VecDeque::new();
         fast.try_drain(&mut all);
         assert_eq!(all.len(), 6, "the subscribed reply and five messages");
+    }
+
+    fn shared_broker() -> Broker {
+        let options = BrokerOptions { shared_store: true, topic_epoch: "bus".into(), ..broker().options };
+        Broker::new(options, Vec::new(), Vec::new(), Vec::new(), Arc::new(Metrics::new()))
+    }
+
+    /// What an outbox holds: `f<offset>` per live frame, `r<after>-<upto>` per replay.
+    fn items(outbox: &Outbox) -> Vec<String> {
+        let mut q = VecDeque::new();
+        outbox.try_drain(&mut q);
+        q.into_iter()
+            .map(|o| match o {
+                Outgoing::Frame(f) => match frame_offset(&f) {
+                    Some(o) => format!("f{o}"),
+                    None => "other".to_owned(),
+                },
+                Outgoing::Replay(r) => format!("r{}-{}{}", r.after, r.upto, if r.live { "" } else { " (marked)" }),
+            })
+            .collect()
+    }
+
+    fn remote(offset: u64) -> Command {
+        let frame = format!(r#"{{"type":"message","topic":"t","id":"x{offset}","content":"x","offset":{offset}}}"#);
+        Command::Remote { topic: TopicName::new("t").unwrap(), offset, frame: Utf8Bytes::from(frame) }
+    }
+
+    fn subscribed(b: &mut Broker, conn: ConnId) -> Arc<Outbox> {
+        let sub = open(b, conn);
+        let frame = SubscribeFrame { topic: TopicName::new("t").unwrap(), history: Some(0), since: None, epoch: None };
+        b.handle(Command::Subscribe { conn, frame, reference: None });
+        let _ = items(&sub);
+        sub
+    }
+
+    #[test]
+    fn with_a_shared_store_each_message_goes_out_once_in_order_and_gaps_come_from_the_store() {
+        let mut b = shared_broker();
+        let sub = subscribed(&mut b, 1);
+        b.handle(remote(1));
+        b.handle(remote(1));
+        assert_eq!(items(&sub), ["f1"], "a message seen twice goes out once");
+        b.handle(remote(4));
+        assert_eq!(items(&sub), ["r1-3", "f4"], "a gap is filled from the store, as live frames");
+        b.handle(remote(3));
+        assert!(items(&sub).is_empty(), "older than what went out: nothing");
+        b.handle(Command::CaughtUp { topic: TopicName::new("t").unwrap(), last: 6 });
+        assert_eq!(items(&sub), ["r4-6"]);
+        b.handle(Command::CaughtUp { topic: TopicName::new("t").unwrap(), last: 6 });
+        assert!(items(&sub).is_empty());
+    }
+
+    #[test]
+    fn with_a_shared_store_the_store_numbers_a_publish_and_the_feed_may_come_first() {
+        let mut b = shared_broker();
+        let sub = subscribed(&mut b, 1);
+        let publisher = open(&mut b, 2);
+        publish(&mut b, "t", None, publisher.clone());
+        publish(&mut b, "t", None, publisher.clone());
+        let Some(ToWriter::Batch(batch)) = b.take_write() else { panic!("a batch") };
+        // Another server's messages took 1 and 2; ours got 3 and 4, and the feed brought
+        // 3 before the commit's report.
+        b.handle(remote(3));
+        let assigned = Some(vec![Assigned { offset: 3, duplicate: None }, Assigned { offset: 4, duplicate: None }]);
+        b.on_writer(FromWriter::Done { batches: vec![batch], result: Ok(()), records: 2, assigned });
+        assert_eq!(items(&sub), ["r0-2", "f3", "f4"]);
+        let acks = frames(&publisher);
+        let got: Vec<_> = acks.iter().map(|a| (a["offset"].as_u64(), a["delivered"].as_u64())).collect();
+        assert_eq!(got, [(Some(3), Some(1)), (Some(4), Some(1))]);
+    }
+
+    #[test]
+    fn with_a_shared_store_a_known_id_is_acked_where_the_store_found_it() {
+        let mut b = shared_broker();
+        let sub = subscribed(&mut b, 1);
+        let publisher = open(&mut b, 2);
+        publish(&mut b, "t", Some("req-1"), publisher.clone());
+        let Some(ToWriter::Batch(batch)) = b.take_write() else { panic!("a batch") };
+        let assigned = Some(vec![Assigned { offset: 9, duplicate: Some(TopicName::new("elsewhere").unwrap()) }]);
+        b.on_writer(FromWriter::Done { batches: vec![batch], result: Ok(()), records: 1, assigned });
+        assert!(items(&sub).is_empty(), "nothing delivered again");
+        let ack = &frames(&publisher)[0];
+        assert_eq!(
+            (ack["topic"].as_str(), ack["offset"].as_u64(), ack["duplicate"].as_bool()),
+            (Some("elsewhere"), Some(9), Some(true))
+        );
     }
 }

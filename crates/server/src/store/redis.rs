@@ -22,7 +22,9 @@ use redis::{Client, Connection};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::search::searchable_text;
-use super::{Assigned, Cursor, KnownId, Record, Retention, SearchQuery, Store, StoreError, Stored, StoredHit, TopicState};
+use super::{
+    Assigned, Cursor, KnownId, Record, Retention, SearchQuery, Store, StoreError, Stored, StoredHit, TopicState,
+};
 
 /// How long a client-chosen id is remembered for idempotency.
 pub const ID_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -79,6 +81,9 @@ for k = 1, c do
 end
 return out
 "#;
+
+/// Stream entries as Redis returns them: id and field/value pairs.
+type Entries<V> = Vec<(String, Vec<(String, V)>)>;
 
 /// History in Redis, shared by every server with the same URL and prefix.
 pub struct RedisStore {
@@ -185,7 +190,7 @@ impl RedisStore {
         result
     }
 
-    fn entries(&self, reply: Vec<(String, Vec<(String, Vec<u8>)>)>) -> Vec<Stored> {
+    fn entries(&self, reply: Entries<Vec<u8>>) -> Vec<Stored> {
         reply
             .into_iter()
             .filter_map(|(id, fields)| {
@@ -198,8 +203,9 @@ impl RedisStore {
     }
 
     fn topic_names(&self) -> Result<Vec<TopicName>, StoreError> {
-        let names: Vec<String> =
-            self.with_conn(|c| redis::cmd("SMEMBERS").arg(format!("{}:topics", self.prefix)).query(c)).map_err(db_error)?;
+        let names: Vec<String> = self
+            .with_conn(|c| redis::cmd("SMEMBERS").arg(format!("{}:topics", self.prefix)).query(c))
+            .map_err(db_error)?;
         Ok(names.iter().filter_map(|n| TopicName::new(n).ok()).collect())
     }
 }
@@ -248,11 +254,17 @@ impl Store for RedisStore {
         }
         let replies: Vec<String> = self.with_conn(|c| call.invoke(c)).map_err(db_error)?;
         if replies.len() != records.len() {
-            return Err(StoreError::Database(format!("redis numbered {} of {} messages", replies.len(), records.len())));
+            return Err(StoreError::Database(format!(
+                "redis numbered {} of {} messages",
+                replies.len(),
+                records.len()
+            )));
         }
         replies
             .iter()
-            .map(|r| parse_assigned(r).ok_or_else(|| StoreError::Database(format!("unexpected reply {r:?} from redis"))))
+            .map(|r| {
+                parse_assigned(r).ok_or_else(|| StoreError::Database(format!("unexpected reply {r:?} from redis")))
+            })
             .collect()
     }
 
@@ -263,7 +275,13 @@ impl Store for RedisStore {
         let key = self.key("t", topic.as_str());
         let reply = self
             .with_conn(|c| {
-                redis::cmd("XRANGE").arg(&key).arg(format!("{}-0", after + 1)).arg(upto).arg("COUNT").arg(limit).query(c)
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(format!("{}-0", after + 1))
+                    .arg(upto)
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query(c)
             })
             .map_err(db_error)?;
         Ok(self.entries(reply))
@@ -336,29 +354,30 @@ impl Store for RedisStore {
         };
         let mut hits = Vec::new();
         for topic in topics {
-            let newest = self.last_offset(&topic)?;
-            for stored in self.read_before(&topic, newest.saturating_add(1), SEARCH_SCAN)?.into_iter().rev() {
-                let frame = stored.frame.as_str();
-                if let Some(from) = &query.from_agent
-                    && !frame.contains(&format!("\"from_agent\":{}", serde_json::to_string(from).unwrap_or_default()))
-                {
+            let key = self.key("t", topic.as_str());
+            let newest: Entries<String> = self
+                .with_conn(|c| {
+                    redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(SEARCH_SCAN).query(c)
+                })
+                .map_err(db_error)?;
+            for (_, fields) in newest {
+                let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+                let Some(frame) = field("f") else { continue };
+                if query.from_agent.as_deref().is_some_and(|from| field("from") != Some(from)) {
                     continue;
                 }
                 let Some(text) = searchable_text(frame) else { continue };
                 let lower = text.to_lowercase();
                 if words.iter().all(|w| lower.contains(w.as_str())) {
                     let snippet: String = text.chars().take(160).collect();
-                    hits.push((stored.offset, StoredHit { frame: frame.to_owned(), snippet, score: 1.0 }));
+                    hits.push(StoredHit { frame: frame.to_owned(), snippet, score: 1.0 });
                     if hits.len() >= query.limit {
-                        break;
+                        return Ok(hits);
                     }
                 }
             }
-            if hits.len() >= query.limit {
-                break;
-            }
         }
-        Ok(hits.into_iter().map(|(_, h)| h).collect())
+        Ok(hits)
     }
 
     fn trim(&self, retention: &dyn Fn(&TopicName) -> Retention, now_ms: i64, budget: usize) -> Result<u64, StoreError> {
@@ -392,11 +411,15 @@ impl RedisStore {
     /// Removes the entries of stream `key` older than `cutoff_ms`, looking at no more
     /// than `budget` of them.
     fn trim_older(&self, key: &str, cutoff_ms: i64, budget: usize) -> Result<u64, StoreError> {
-        let oldest: Vec<(String, Vec<(String, String)>)> = self
+        let oldest: Entries<String> = self
             .with_conn(|c| redis::cmd("XRANGE").arg(key).arg("-").arg("+").arg("COUNT").arg(budget.max(1)).query(c))
             .map_err(db_error)?;
         let keep = oldest.iter().find(|(_, fields)| {
-            fields.iter().find(|(k, _)| k == "ts").and_then(|(_, v)| v.parse::<i64>().ok()).is_none_or(|ts| ts >= cutoff_ms)
+            fields
+                .iter()
+                .find(|(k, _)| k == "ts")
+                .and_then(|(_, v)| v.parse::<i64>().ok())
+                .is_none_or(|ts| ts >= cutoff_ms)
         });
         let min_id = match keep {
             Some((id, _)) => id.clone(),
@@ -535,10 +558,7 @@ mod tests {
             Some(Assigned { offset: 7, duplicate: Some(TopicName::new("jobs.a").unwrap()) })
         );
         assert_eq!(parse_assigned("x1"), None);
-        assert_eq!(
-            parse_feed(b"c12 bob".to_vec()),
-            Some(FeedItem::Cursor(Cursor { agent: "bob".into(), offset: 12 }))
-        );
+        assert_eq!(parse_feed(b"c12 bob".to_vec()), Some(FeedItem::Cursor(Cursor { agent: "bob".into(), offset: 12 })));
         let frame = r#"{"type":"message","topic":"@bob","id":"1","offset":3}"#;
         match parse_feed(frame.as_bytes().to_vec()) {
             Some(FeedItem::Message { topic, offset, .. }) => assert_eq!((topic.as_str(), offset), ("@bob", 3)),
