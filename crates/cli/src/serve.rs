@@ -81,7 +81,8 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
         config.ephemeral = true;
     }
     if let Some(url) = &args.redis_url {
-        let prefix = config.redis.as_ref().map_or_else(agentbus_server::config::default_redis_prefix, |r| r.prefix.clone());
+        let prefix =
+            config.redis.as_ref().map_or_else(agentbus_server::config::default_redis_prefix, |r| r.prefix.clone());
         config.redis = Some(agentbus_server::config::RedisConfig { url: url.clone(), prefix });
     }
     if let Some(prefix) = &args.redis_prefix {
