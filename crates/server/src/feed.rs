@@ -1,11 +1,12 @@
 //! With a store shared through Redis: follows the bus's feed on a thread of its own and
 //! hands other servers' messages, inbox cursors and (after every reconnection) each
 //! topic's newest offset to the broker, which fans out what its subscribers have not
-//! seen.
+//! seen; and, on another thread, shares which agents are connected where.
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use agentbus_protocol::AgentPresence;
+use tokio::sync::{oneshot, watch};
 
 use crate::broker::{BrokerHandle, Command};
 use crate::config::RedisConfig;
@@ -14,8 +15,26 @@ use crate::store::redis::{FeedItem, RedisStore, follow_feed};
 /// Waits between attempts to reach Redis when the feed cannot start.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Starts following the feed of the bus `config` names until `shutdown` becomes true.
-pub fn start(config: &RedisConfig, broker: BrokerHandle, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+/// How often a server publishes its agents and reads the others'.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(2);
+
+/// A server's published agents expire after this long without a refresh.
+const PRESENCE_TTL: Duration = Duration::from_secs(10);
+
+/// Starts following the feed of the bus `config` names, and sharing presence as server
+/// `node`, until `shutdown` becomes true.
+pub fn start(
+    config: &RedisConfig,
+    node: String,
+    broker: BrokerHandle,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    {
+        let (config, broker, shutdown) = (config.clone(), broker.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("agentbus-presence".into())
+            .spawn(move || share_presence(&config, &node, &broker, &shutdown))?;
+    }
     let config = config.clone();
     std::thread::Builder::new().name("agentbus-feed".into()).spawn(move || {
         let stopped = || *shutdown.borrow();
@@ -40,4 +59,44 @@ pub fn start(config: &RedisConfig, broker: BrokerHandle, shutdown: watch::Receiv
         follow_feed(&store, &stopped, &deliver, &caught_up);
     })?;
     Ok(())
+}
+
+/// Every [`PRESENCE_EVERY`]: publishes this server's agents and hands the other servers'
+/// to the broker. Withdraws them at shutdown.
+fn share_presence(config: &RedisConfig, node: &str, broker: &BrokerHandle, shutdown: &watch::Receiver<bool>) {
+    let mut store = None;
+    while !*shutdown.borrow() {
+        if store.is_none() {
+            store = RedisStore::open(&config.url, &config.prefix).ok();
+        }
+        if let Some(s) = &store
+            && let Err(e) = exchange_presence(s, node, broker)
+        {
+            tracing::debug!(error = %e, "presence not shared this time");
+        }
+        let mut waited = Duration::ZERO;
+        while waited < PRESENCE_EVERY && !*shutdown.borrow() {
+            std::thread::sleep(Duration::from_millis(100));
+            waited += Duration::from_millis(100);
+        }
+    }
+    if let Some(s) = &store {
+        let _ = s.drop_presence(node);
+    }
+}
+
+fn exchange_presence(store: &RedisStore, node: &str, broker: &BrokerHandle) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    broker.blocking_send(Command::LocalPresence { reply: tx }).map_err(|e| e.to_string())?;
+    let local = rx.blocking_recv().map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&local).map_err(|e| e.to_string())?;
+    store.put_presence(node, &json, PRESENCE_TTL).map_err(|e| e.to_string())?;
+    let others: Vec<AgentPresence> = store
+        .other_presence(node)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|j| serde_json::from_str::<Vec<AgentPresence>>(j).ok())
+        .flatten()
+        .collect();
+    broker.blocking_send(Command::RemotePresence(others)).map_err(|e| e.to_string())
 }

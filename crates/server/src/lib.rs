@@ -153,7 +153,8 @@ pub async fn serve_with_store(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(redis) = &config.redis {
-        feed::start(redis, handle.clone(), shutdown_rx.clone())?;
+        let node = format!("{boot_epoch}-{}", std::process::id());
+        feed::start(redis, node, handle.clone(), shutdown_rx.clone())?;
     }
     let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
     let shared = Arc::new(Shared::new(handle, store, config, boot_epoch, shutdown_rx.clone(), tasks_tx, metrics, auth));

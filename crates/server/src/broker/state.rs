@@ -198,6 +198,14 @@ pub enum Command {
     },
     /// An agent's inbox cursor advanced on another server.
     RemoteCursor(Cursor),
+    /// This server's agents only (for the other servers of a shared store).
+    LocalPresence {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<AgentPresence>>,
+    },
+    /// The agents connected to the other servers of a shared store, replacing the last
+    /// such list.
+    RemotePresence(Vec<AgentPresence>),
 }
 
 /// The broker's counts, for the metrics gauges.
@@ -300,6 +308,8 @@ pub struct Broker {
     awaiting_resume: bool,
     /// The server is shutting down: outboxes are closed as they open.
     closing: bool,
+    /// Agents of the other servers sharing the store.
+    remote_presence: Vec<AgentPresence>,
     metrics: Arc<Metrics>,
 }
 
@@ -332,6 +342,7 @@ impl Broker {
             resume_needed: false,
             awaiting_resume: false,
             closing: false,
+            remote_presence: Vec::new(),
             metrics,
             options,
         };
@@ -394,6 +405,10 @@ impl Broker {
             Command::Unsubscribe { conn, topic, reference } => self.unsubscribe(conn, topic, reference),
             Command::Publish(p) => self.publish(*p),
             Command::InboxDelivered { agent, offset } => self.set_cursor(agent.as_str(), offset),
+            Command::LocalPresence { reply } => {
+                let _ = reply.send(self.local_presence());
+            }
+            Command::RemotePresence(agents) => self.remote_presence = agents,
             Command::Presence { topic, reply } => {
                 let agents = self.presence(topic.as_ref());
                 match reply {
@@ -777,9 +792,30 @@ impl Broker {
         }
     }
 
+    /// Every agent connected here and, with a shared store, to the other servers (an
+    /// agent connected to several counts each one's connections and topics).
     fn presence(&self, topic: Option<&TopicName>) -> Vec<AgentPresence> {
-        let mut out: Vec<AgentPresence> = self
-            .agents
+        let mut out = self.local_presence();
+        for remote in &self.remote_presence {
+            match out.iter_mut().find(|p| p.agent_id == remote.agent_id) {
+                Some(p) => {
+                    p.connections += remote.connections;
+                    p.topics.extend(remote.topics.iter().cloned());
+                    p.topics.sort();
+                    p.topics.dedup();
+                    p.since = p.since.clone().min(remote.since.clone());
+                }
+                None => out.push(remote.clone()),
+            }
+        }
+        out.retain(|p| topic.is_none_or(|t| p.topics.iter().any(|x| x == t.as_str())));
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        out
+    }
+
+    /// The agents connected to this server.
+    fn local_presence(&self) -> Vec<AgentPresence> {
+        self.agents
             .iter()
             .map(|(id, a)| {
                 let mut topics: Vec<String> = self
@@ -800,10 +836,7 @@ impl Broker {
                     since: rfc3339(a.since),
                 }
             })
-            .filter(|p| topic.is_none_or(|t| p.topics.iter().any(|x| x == t.as_str())))
-            .collect();
-        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        out
+            .collect()
     }
 
     fn topic_infos(&self) -> Vec<TopicInfo> {
@@ -1115,5 +1148,35 @@ mod tests {
             (ack["topic"].as_str(), ack["offset"].as_u64(), ack["duplicate"].as_bool()),
             (Some("elsewhere"), Some(9), Some(true))
         );
+    }
+
+    #[test]
+    fn presence_adds_the_agents_of_the_other_servers() {
+        let mut b = shared_broker();
+        let conn = open(&mut b, 1);
+        let frame =
+            RegisterFrame { agent_id: AgentId::new("alice").unwrap(), token: None, capabilities: vec![], meta: None };
+        b.handle(Command::Register { conn: 1, frame, reference: None });
+        let _ = items(&conn);
+        let remote = |agent: &str, topics: &[&str]| AgentPresence {
+            agent_id: agent.into(),
+            connections: 1,
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            capabilities: vec![],
+            since: "2000-01-01T00:00:00.000Z".into(),
+        };
+        b.handle(Command::RemotePresence(vec![remote("alice", &["room"]), remote("bob", &["room", "x"])]));
+        let (tx, mut rx) = oneshot::channel();
+        b.handle(Command::Presence { topic: None, reply: Reply::Oneshot(tx) });
+        let all = rx.try_recv().unwrap();
+        let summary: Vec<_> = all.iter().map(|p| (p.agent_id.as_str(), p.connections, p.topics.join(","))).collect();
+        assert_eq!(summary, [("alice", 2, "room".to_owned()), ("bob", 1, "room,x".to_owned())]);
+        assert_eq!(all[0].since, "2000-01-01T00:00:00.000Z", "the earliest connection counts");
+        let (tx, mut rx) = oneshot::channel();
+        b.handle(Command::LocalPresence { reply: tx });
+        assert_eq!(rx.try_recv().unwrap().len(), 1, "only this server's agents are published");
+        let (tx, mut rx) = oneshot::channel();
+        b.handle(Command::Presence { topic: Some(TopicName::new("x").unwrap()), reply: Reply::Oneshot(tx) });
+        assert_eq!(rx.try_recv().unwrap().len(), 1);
     }
 }

@@ -11,8 +11,9 @@
 //! Keys, under the prefix `P`: `P:topics` (set of names), `P:epochs` and `P:last`
 //! (hashes: topic → epoch, topic → newest offset), `P:t:<topic>` (a stream per topic,
 //! entry id `<offset>-0`, fields `ts`, `from`, `id`, `f` = the frame), `P:id:<id>`
-//! (`<offset> <topic>`, expiring), `P:cursors` (hash: agent → inbox offset), and the
-//! channel `P:feed`.
+//! (`<offset> <topic>`, expiring), `P:cursors` (hash: agent → inbox offset),
+//! `P:presence:<server>` (the agents connected to one server, JSON, expiring), `P:epoch`,
+//! and the channel `P:feed`.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -408,6 +409,44 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
+    /// Publishes what `node` has connected (JSON), for `ttl`: a server that stops
+    /// refreshing it drops out of the others' presence.
+    pub fn put_presence(&self, node: &str, agents: &str, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.key("presence", node);
+        self.with_conn(|c| redis::cmd("SET").arg(&key).arg(agents).arg("EX").arg(ttl.as_secs().max(1)).query(c))
+            .map_err(db_error)
+    }
+
+    /// What every other server has connected (their JSON, as published).
+    pub fn other_presence(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        let own = self.key("presence", node);
+        let pattern = self.key("presence", "*");
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .with_conn(|c| redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query(c))
+                .map_err(db_error)?;
+            keys.extend(batch.into_iter().filter(|k| *k != own));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> =
+            self.with_conn(|c| redis::cmd("MGET").arg(&keys).query(c)).map_err(db_error)?;
+        Ok(values.into_iter().flatten().collect())
+    }
+
+    /// Withdraws `node`'s presence (at shutdown).
+    pub fn drop_presence(&self, node: &str) -> Result<(), StoreError> {
+        let key = self.key("presence", node);
+        self.with_conn(|c| redis::cmd("DEL").arg(&key).query(c)).map_err(db_error)
+    }
+
     /// Removes the entries of stream `key` older than `cutoff_ms`, looking at no more
     /// than `budget` of them.
     fn trim_older(&self, key: &str, cutoff_ms: i64, budget: usize) -> Result<u64, StoreError> {
