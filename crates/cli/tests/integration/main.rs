@@ -10,6 +10,7 @@ mod errors;
 mod http;
 mod lifecycle;
 mod observability;
+mod redis;
 mod security;
 mod tools;
 mod ui;
