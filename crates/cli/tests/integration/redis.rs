@@ -79,6 +79,31 @@ impl Redis {
         panic!("could not start redis-server on a free port");
     }
 
+    /// Stops this Redis gracefully (it writes its data to its folder) and returns a
+    /// stopped handle, to be started again with [`Redis::start_again`].
+    fn shut_down(&mut self) {
+        let _ = redis_command::<()>(self.port, redis::cmd("SHUTDOWN").arg("SAVE"));
+        let _ = self.child.wait();
+    }
+
+    /// Starts Redis again on the same port, with the data it saved.
+    fn start_again(&mut self) {
+        self.child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let start = Instant::now();
+        while redis_command::<String>(self.port, &redis::cmd("PING")).is_err() {
+            assert!(start.elapsed() < TIMEOUT, "redis-server did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `redis://127.0.0.1:PORT/`.
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
@@ -514,4 +539,39 @@ async fn messages_published_while_a_server_lost_its_feed_still_reach_its_subscri
         assert_eq!((m["offset"].as_u64(), m["content"].as_u64()), (Some(i), Some(i)), "{m}");
     }
     assert!(sub.try_recv(QUIET).await.is_none(), "nothing twice");
+}
+
+#[tokio::test]
+async fn while_redis_is_down_sends_are_refused_as_unavailable_and_then_work_again() {
+    let Some(mut redis) = Redis::start() else { return };
+    let server = bus_server(&redis).await;
+    let mut sub = server.connect().await;
+    sub.subscribe("ops").await;
+    let mut p = server.connect().await;
+    p.register("operator").await;
+    assert_eq!(p.publish("ops", json!("before")).await["offset"], 1);
+    assert_eq!(sub.recv_type("message").await["content"], "before");
+
+    redis.shut_down();
+    p.send(json!({"type":"send","topic":"ops","content":"lost?","ref":7})).await;
+    let refused = p.recv_until(|f| f["type"] == "error" || f["type"] == "ack").await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("unavailable")), "{refused}");
+    assert_eq!(refused["ref"], 7);
+    let health = reqwest::get(format!("{}/readyz", server.http_url())).await.unwrap();
+    assert!(!health.status().is_success(), "not ready without Redis");
+
+    redis.start_again();
+    // The writer retries with a fresh connection: the next send is stored after the first.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ack = loop {
+        p.send(json!({"type":"send","topic":"ops","content":"after"})).await;
+        let f = p.recv_until(|f| f["type"] == "error" || f["type"] == "ack").await;
+        if f["type"] == "ack" || Instant::now() > deadline {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((ack["type"].as_str(), ack["offset"].as_u64()), (Some("ack"), Some(2)), "{ack}");
+    let m = sub.recv_type("message").await;
+    assert_eq!((m["offset"].as_u64(), m["content"].as_str()), (Some(2), Some("after")), "{m}");
 }

@@ -767,7 +767,9 @@ impl Broker {
 
     fn failed(&mut self, batches: Vec<WriteBatch<Pending>>, error: &StoreError) {
         let (code, message) = match error {
-            StoreError::Full(_) | StoreError::Halted => (ErrorCode::Unavailable, format!("not stored: {error}")),
+            StoreError::Full(_) | StoreError::Halted | StoreError::Unreachable(_) => {
+                (ErrorCode::Unavailable, format!("not stored: {error}"))
+            }
             _ => (ErrorCode::Internal, "not stored: the store failed (see the server log)".to_owned()),
         };
         for batch in batches {

@@ -150,6 +150,10 @@ pub enum StoreError {
         /// The offset refused.
         got: u64,
     },
+    /// The store is a server that cannot be reached right now: nothing of the batch was
+    /// stored, and a later batch may succeed.
+    #[error("the store cannot be reached: {0}")]
+    Unreachable(String),
     /// Any other database failure.
     #[error("database error: {0}")]
     Database(String),

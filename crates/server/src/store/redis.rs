@@ -96,7 +96,11 @@ pub struct RedisStore {
 }
 
 fn db_error(e: redis::RedisError) -> StoreError {
-    StoreError::Database(format!("redis: {e}"))
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        StoreError::Unreachable(format!("redis: {e}"))
+    } else {
+        StoreError::Database(format!("redis: {e}"))
+    }
 }
 
 /// `url` without its password, for logs and errors.
