@@ -43,11 +43,14 @@ const IDLE_CONNECTIONS: usize = 8;
 /// record topic, epoch, id, client id (`1`/`0`), timestamp ms, sender, and the frame
 /// without its offset; then the cursor count and per cursor agent, offset. Returns per
 /// record `n<offset>` (stored) or `d<offset> <topic>` (a known id: not stored again).
+/// Publishes what it stored on the feed in one message, a line per frame or cursor
+/// (frames are JSON: they hold no raw line break).
 const APPEND: &str = r#"
 local P = ARGV[1]
 local ttl = ARGV[2]
 local n = tonumber(ARGV[3])
 local out = {}
+local feed = {}
 local i = 4
 for r = 1, n do
   local topic, epoch, id, cid, ts, from, prefix =
@@ -58,14 +61,15 @@ for r = 1, n do
   if known then
     out[r] = 'd' .. known
   else
-    if redis.call('SADD', P .. ':topics', topic) == 1 then
+    local off = redis.call('HINCRBY', P .. ':last', topic, 1)
+    if off == 1 then
+      redis.call('SADD', P .. ':topics', topic)
       redis.call('HSETNX', P .. ':epochs', topic, epoch)
     end
-    local off = redis.call('HINCRBY', P .. ':last', topic, 1)
     local frame = prefix .. off .. '}'
     redis.call('XADD', P .. ':t:' .. topic, off .. '-0', 'ts', ts, 'from', from, 'id', id, 'f', frame)
     if cid == '1' then redis.call('SET', P .. ':id:' .. id, off .. ' ' .. topic, 'EX', ttl) end
-    redis.call('PUBLISH', P .. ':feed', frame)
+    feed[#feed + 1] = frame
     out[r] = 'n' .. off
   end
 end
@@ -77,9 +81,10 @@ for k = 1, c do
   local cur = tonumber(redis.call('HGET', P .. ':cursors', agent) or '0')
   if off > cur then
     redis.call('HSET', P .. ':cursors', agent, off)
-    redis.call('PUBLISH', P .. ':feed', 'c' .. off .. ' ' .. agent)
+    feed[#feed + 1] = 'c' .. off .. ' ' .. agent
   end
 end
+if #feed > 0 then redis.call('PUBLISH', P .. ':feed', table.concat(feed, '\n')) end
 return out
 "#;
 
@@ -495,17 +500,16 @@ pub enum FeedItem {
     Cursor(Cursor),
 }
 
-/// Reads one feed payload.
-pub fn parse_feed(payload: Vec<u8>) -> Option<FeedItem> {
-    let text = String::from_utf8(payload).ok()?;
+/// Reads one line of a feed message.
+pub fn parse_feed(text: &str) -> Option<FeedItem> {
     if let Some(rest) = text.strip_prefix('c') {
         let (offset, agent) = rest.split_once(' ')?;
         return Some(FeedItem::Cursor(Cursor { agent: agent.to_owned(), offset: offset.parse().ok()? }));
     }
     let after = text.strip_prefix(r#"{"type":"message","topic":""#)?;
     let topic = TopicName::new(&after[..after.find('"')?]).ok()?;
-    let offset = agentbus_protocol::frame_offset(&text)?;
-    Some(FeedItem::Message { topic, offset, frame: Utf8Bytes::from(text) })
+    let offset = agentbus_protocol::frame_offset(text)?;
+    Some(FeedItem::Message { topic, offset, frame: Utf8Bytes::from(text.to_owned()) })
 }
 
 /// Follows the bus's feed until `stopped` says so, handing every item to `deliver` and,
@@ -552,17 +556,19 @@ fn follow_once(
         }
         match pubsub.get_message() {
             Ok(msg) => {
-                let payload: Vec<u8> = match msg.get_payload() {
+                let payload: String = match msg.get_payload() {
                     Ok(p) => p,
                     Err(_) => continue,
                 };
-                match parse_feed(payload) {
-                    Some(item) => {
-                        if !deliver(item) {
-                            return Ok(());
+                for line in payload.split('\n') {
+                    match parse_feed(line) {
+                        Some(item) => {
+                            if !deliver(item) {
+                                return Ok(());
+                            }
                         }
+                        None => tracing::warn!("unreadable item on the redis feed ignored"),
                     }
-                    None => tracing::warn!("unreadable item on the redis feed ignored"),
                 }
             }
             Err(e) if e.is_timeout() => {}
@@ -601,12 +607,12 @@ mod tests {
             Some(Assigned { offset: 7, duplicate: Some(TopicName::new("jobs.a").unwrap()) })
         );
         assert_eq!(parse_assigned("x1"), None);
-        assert_eq!(parse_feed(b"c12 bob".to_vec()), Some(FeedItem::Cursor(Cursor { agent: "bob".into(), offset: 12 })));
+        assert_eq!(parse_feed("c12 bob"), Some(FeedItem::Cursor(Cursor { agent: "bob".into(), offset: 12 })));
         let frame = r#"{"type":"message","topic":"@bob","id":"1","offset":3}"#;
-        match parse_feed(frame.as_bytes().to_vec()) {
+        match parse_feed(frame) {
             Some(FeedItem::Message { topic, offset, .. }) => assert_eq!((topic.as_str(), offset), ("@bob", 3)),
             other => panic!("{other:?}"),
         }
-        assert_eq!(parse_feed(b"{}".to_vec()), None);
+        assert_eq!(parse_feed("{}"), None);
     }
 }
