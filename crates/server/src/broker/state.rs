@@ -546,14 +546,18 @@ impl Broker {
         }
         c.add_topic(frame.topic.clone());
         let agent = c.agent.clone();
+        let shared_store = self.options.shared_store;
         let t = self.topic_mut(&frame.topic);
         let committed = t.committed;
         let epoch = t.epoch.to_string();
         let (after, newest, recovery, reset) = match frame.since {
             Some(since) => {
                 // Offsets from another history mean nothing here (a full replay from 0 is safe).
-                let other_history =
-                    since > committed || (since > 0 && frame.epoch.as_deref().is_some_and(|e| e != epoch));
+                // With a shared store an offset past this server's is another server's that
+                // the feed has not brought yet: the same history, and live delivery
+                // continues from where this server is.
+                let ahead = since > committed && !shared_store;
+                let other_history = ahead || (since > 0 && frame.epoch.as_deref().is_some_and(|e| e != epoch));
                 if other_history { (0, None, true, true) } else { (since, None, true, false) }
             }
             None => match frame.history.unwrap_or(agentbus_protocol::DEFAULT_HISTORY) {
@@ -1180,5 +1184,23 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         b.handle(Command::Presence { topic: Some(TopicName::new("x").unwrap()), reply: Reply::Oneshot(tx) });
         assert_eq!(rx.try_recv().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn with_a_shared_store_a_client_ahead_of_this_server_is_not_replayed_from_the_start() {
+        let mut b = shared_broker();
+        let sub = open(&mut b, 1);
+        let frame = SubscribeFrame { topic: TopicName::new("t").unwrap(), history: None, since: Some(5), epoch: None };
+        b.handle(Command::Subscribe { conn: 1, frame, reference: None });
+        assert_eq!(items(&sub), ["r5-0 (marked)"], "nothing to replay, no reset");
+        b.handle(remote(6));
+        // The server catches up through the store for all its subscribers: this one gets
+        // 1..=5 again (at least once when a client moves faster than the feed).
+        assert_eq!(items(&sub), ["r0-5", "f6"]);
+        let mut alone = broker();
+        let sub = open(&mut alone, 1);
+        let frame = SubscribeFrame { topic: TopicName::new("t").unwrap(), history: None, since: Some(5), epoch: None };
+        alone.handle(Command::Subscribe { conn: 1, frame, reference: None });
+        assert_eq!(items(&sub), ["r0-0 (marked)"], "a lone server takes it for another history");
     }
 }
