@@ -10,7 +10,7 @@
 //!
 //! Keys, under the prefix `P`: `P:topics` (set of names), `P:epochs` and `P:last`
 //! (hashes: topic → epoch, topic → newest offset), `P:t:<topic>` (a stream per topic,
-//! entry id `<offset>-0`, fields `ts`, `from`, `id`, `f` = the frame), `P:id:<id>`
+//! entry id `<offset>-0`, fields `ts`, `from`, `f` = the frame), `P:id:<id>`
 //! (`<offset> <topic>`, expiring), `P:cursors` (hash: agent → inbox offset),
 //! `P:presence:<server>` (the agents connected to one server, JSON, expiring), `P:epoch`,
 //! and the channel `P:feed`.
@@ -51,6 +51,7 @@ local ttl = ARGV[2]
 local n = tonumber(ARGV[3])
 local out = {}
 local feed = {}
+local last = {}
 local i = 4
 for r = 1, n do
   local topic, epoch, id, cid, ts, from, prefix =
@@ -61,18 +62,23 @@ for r = 1, n do
   if known then
     out[r] = 'd' .. known
   else
-    local off = redis.call('HINCRBY', P .. ':last', topic, 1)
-    if off == 1 then
-      redis.call('SADD', P .. ':topics', topic)
-      redis.call('HSETNX', P .. ':epochs', topic, epoch)
+    local off = last[topic]
+    if not off then
+      off = tonumber(redis.call('HGET', P .. ':last', topic) or '0')
+      if off == 0 and redis.call('SADD', P .. ':topics', topic) == 1 then
+        redis.call('HSETNX', P .. ':epochs', topic, epoch)
+      end
     end
+    off = off + 1
+    last[topic] = off
     local frame = prefix .. off .. '}'
-    redis.call('XADD', P .. ':t:' .. topic, off .. '-0', 'ts', ts, 'from', from, 'id', id, 'f', frame)
+    redis.call('XADD', P .. ':t:' .. topic, off .. '-0', 'ts', ts, 'from', from, 'f', frame)
     if cid == '1' then redis.call('SET', P .. ':id:' .. id, off .. ' ' .. topic, 'EX', ttl) end
     feed[#feed + 1] = frame
     out[r] = 'n' .. off
   end
 end
+for topic, off in pairs(last) do redis.call('HSET', P .. ':last', topic, off) end
 local c = tonumber(ARGV[i])
 i = i + 1
 for k = 1, c do
