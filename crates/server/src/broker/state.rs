@@ -696,14 +696,14 @@ impl Broker {
         }
         Metrics::observe(&self.metrics.ack_latency, now.saturating_duration_since(p.received));
         let Some(delivered) = self.fan_out(&p.topic, p.offset, &p.frame) else { return };
-        let subscribers = self.topics.get(&p.topic).map_or(0, |t| t.subscribers.len());
         self.metrics.published.inc();
         Metrics::observe(&self.metrics.delivery_latency, now.saturating_duration_since(p.received));
         tracing::debug!(
             topic = %p.topic,
             offset = p.offset,
-            "Sent message on topic '{}' to {delivered}/{subscribers} subscribers",
-            p.topic
+            "Sent message on topic '{}' to {delivered}/{} subscribers",
+            p.topic,
+            self.topics.get(&p.topic).map_or(0, |t| t.subscribers.len())
         );
         let ack = Ack { id: p.id, topic: p.topic, offset: p.offset, delivered, duplicate: false };
         send_ack(p.origin, Ok(ack));
