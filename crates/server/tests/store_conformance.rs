@@ -1216,6 +1216,21 @@ mod redis_only {
     }
 
     #[test]
+    fn many_topics_are_listed_and_trimmed_across_pipeline_chunks() {
+        if !redis_available() {
+            return;
+        }
+        let (store, _guard) = redis_store();
+        let msgs: Vec<Msg> = (0..1_200).flat_map(|t| numbered(&format!("t{t}"), 1, 3)).collect();
+        numbered_records(&*store, &msgs);
+        let topics = store.topics().unwrap();
+        assert_eq!(topics.len(), 1_200);
+        assert!(topics.iter().all(|t| (t.first_offset, t.last_offset) == (1, 3)), "{:?}", topics[0]);
+        assert_eq!(store.trim(&keep(1, 0), 0, 10_000).unwrap(), 2_400);
+        assert!(store.topics().unwrap().iter().all(|t| (t.first_offset, t.last_offset) == (3, 3)));
+    }
+
+    #[test]
     fn an_unreachable_redis_is_an_open_error_naming_it_without_its_password() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("redis://:hunter2@127.0.0.1:{port}/");

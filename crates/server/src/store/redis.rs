@@ -36,6 +36,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Newest messages per topic a search looks through (Redis has no full-text index).
 const SEARCH_SCAN: usize = 2_000;
 
+/// Commands sent in one pipeline when going through every topic.
+const PIPELINE_CHUNK: usize = 500;
+
 /// Connections kept for reads between uses.
 const IDLE_CONNECTIONS: usize = 8;
 
@@ -120,6 +123,10 @@ pub fn redact(url: &str) -> String {
         Some((scheme, host)) => format!("{scheme}://***@{host}"),
         None => url.to_owned(),
     }
+}
+
+fn reply_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(format!("unexpected reply from redis: {e}"))
 }
 
 /// The frame without its offset (the encoder always writes it last), for Redis to
@@ -319,13 +326,27 @@ impl Store for RedisStore {
     fn topics(&self) -> Result<Vec<TopicState>, StoreError> {
         let names = self.topic_names()?;
         let mut out = Vec::with_capacity(names.len());
-        for topic in names {
-            let epoch: Option<String> = self
-                .with_conn(|c| redis::cmd("HGET").arg(format!("{}:epochs", self.prefix)).arg(topic.as_str()).query(c))
-                .map_err(db_error)?;
-            let first_offset = self.first_offset(&topic)?;
-            let last_offset = self.last_offset(&topic)?;
-            out.push(TopicState { epoch: epoch.unwrap_or_default(), first_offset, last_offset, topic });
+        // One round trip per chunk of topics: a bus may hold many.
+        for chunk in names.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for topic in chunk {
+                pipe.cmd("HGET").arg(format!("{}:epochs", self.prefix)).arg(topic.as_str());
+                pipe.cmd("HGET").arg(format!("{}:last", self.prefix)).arg(topic.as_str());
+                pipe.cmd("XRANGE").arg(self.key("t", topic.as_str())).arg("-").arg("+").arg("COUNT").arg(1);
+            }
+            let replies: Vec<redis::Value> = self.with_conn(|c| pipe.query(c)).map_err(db_error)?;
+            for (topic, r) in chunk.iter().zip(replies.chunks(3)) {
+                let [epoch, last, first] = r else { return Err(StoreError::Database("short redis reply".into())) };
+                let epoch: Option<String> = redis::from_redis_value_ref(epoch).map_err(reply_error)?;
+                let last: Option<u64> = redis::from_redis_value_ref(last).map_err(reply_error)?;
+                let first: Entries<Vec<u8>> = redis::from_redis_value_ref(first).map_err(reply_error)?;
+                out.push(TopicState {
+                    topic: topic.clone(),
+                    epoch: epoch.unwrap_or_default(),
+                    first_offset: self.entries(first).first().map_or(0, |s| s.offset),
+                    last_offset: last.unwrap_or(0),
+                });
+            }
         }
         Ok(out)
     }
@@ -398,21 +419,33 @@ impl Store for RedisStore {
 
     fn trim(&self, retention: &dyn Fn(&TopicName) -> Retention, now_ms: i64, budget: usize) -> Result<u64, StoreError> {
         let mut removed = 0u64;
-        for topic in self.topic_names()? {
+        let topics = self.topic_names()?;
+        // Trimming by count: every topic's stream, one round trip per chunk of topics.
+        for chunk in topics.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            let mut commands = 0;
+            for topic in chunk {
+                let r = retention(topic);
+                if r.max_messages > 0 {
+                    pipe.cmd("XTRIM").arg(self.key("t", topic.as_str())).arg("MAXLEN").arg(r.max_messages);
+                    commands += 1;
+                }
+            }
+            if commands == 0 {
+                continue;
+            }
+            let counts: Vec<u64> = self.with_conn(|c| pipe.query(c)).map_err(db_error)?;
+            removed += counts.iter().sum::<u64>();
+        }
+        // Trimming by age: the oldest entries, within the budget.
+        for topic in &topics {
             if removed >= budget as u64 {
                 break;
             }
-            let r = retention(&topic);
-            let key = self.key("t", topic.as_str());
-            if r.max_messages > 0 {
-                let n: u64 = self
-                    .with_conn(|c| redis::cmd("XTRIM").arg(&key).arg("MAXLEN").arg(r.max_messages).query(c))
-                    .map_err(db_error)?;
-                removed += n;
-            }
+            let r = retention(topic);
             if r.max_age_ms > 0 {
                 let cutoff = now_ms.saturating_sub(i64::try_from(r.max_age_ms).unwrap_or(i64::MAX));
-                removed += self.trim_older(&key, cutoff, budget)?;
+                removed += self.trim_older(&self.key("t", topic.as_str()), cutoff, budget)?;
             }
         }
         Ok(removed)
