@@ -1231,6 +1231,30 @@ mod redis_only {
     }
 
     #[test]
+    fn numbering_continues_after_entries_a_failed_commit_left_behind() {
+        if !redis_available() {
+            return;
+        }
+        let server = start_redis();
+        let store = RedisStore::open(&server.url, "bus").unwrap();
+        numbered_records(&store, &numbered("t", 1, 2));
+        // What a script stopped half-way leaves: an entry past the recorded offset.
+        let client = ::redis::Client::open(server.url.as_str()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        ::redis::cmd("XADD").arg("bus:t:t").arg("3-0").arg("f").arg("{}").query::<String>(&mut conn).unwrap();
+        let next = numbered_records(&store, &numbered("t", 1, 1));
+        assert_eq!(next[0].offset, 4, "not 3, which the stream already holds");
+    }
+
+    #[test]
+    fn invalid_prefixes_are_refused() {
+        for prefix in ["", "a*b", "with space", "x:y", &"p".repeat(65)] {
+            let Err(e) = RedisStore::open("redis://127.0.0.1:1/", prefix) else { panic!("{prefix:?} accepted") };
+            assert!(e.to_string().contains("invalid prefix"), "{e}");
+        }
+    }
+
+    #[test]
     fn an_unreachable_redis_is_an_open_error_naming_it_without_its_password() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("redis://:hunter2@127.0.0.1:{port}/");

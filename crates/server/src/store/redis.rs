@@ -68,6 +68,10 @@ for r = 1, n do
     local off = last[topic]
     if not off then
       off = tonumber(redis.call('HGET', P .. ':last', topic) or '0')
+      -- A script that failed half-way (Redis does not undo it) may have appended
+      -- entries past the recorded offset: continue after the stream's newest entry.
+      local top = redis.call('XREVRANGE', P .. ':t:' .. topic, '+', '-', 'COUNT', 1)[1]
+      if top then off = math.max(off, tonumber(string.match(top[1], '^(%d+)'))) end
       if off == 0 and redis.call('SADD', P .. ':topics', topic) == 1 then
         redis.call('HSETNX', P .. ':epochs', topic, epoch)
       end
@@ -150,6 +154,10 @@ impl RedisStore {
     /// Connects to `url` (checked with a `PING`) for the bus named by `prefix`.
     pub fn open(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let open_error = |reason: String| StoreError::Open { path: redact(url), reason };
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if prefix.is_empty() || prefix.len() > 64 || !prefix.chars().all(valid) {
+            return Err(open_error(format!("invalid prefix {prefix:?}: use 1 to 64 of A-Z a-z 0-9 . _ -")));
+        }
         let client = Client::open(url).map_err(|e| open_error(e.to_string()))?;
         let mut store = Self {
             client,
