@@ -20,11 +20,19 @@ pub const DEFAULT_SEND_QUEUE: usize = 10_000;
 /// Messages a subscription buffers before it is a slow consumer, by default.
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1024;
 
+/// One server of the bus, as the two server tiers reach it.
+#[derive(Debug, Clone)]
+pub(crate) struct Server {
+    pub ws_url: Url,
+    pub http_base: Url,
+}
+
 /// The settings the connection task runs with.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
-    pub ws_url: Url,
-    pub http_base: Url,
+    /// The servers, in the order given; a connection attempt starts with the last one
+    /// that worked.
+    pub servers: Vec<Server>,
     pub agent_id: String,
     pub token: Option<String>,
     pub capabilities: Vec<String>,
@@ -67,6 +75,7 @@ pub(crate) struct Options {
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     url: String,
+    failover: Vec<String>,
     agent_id: Option<String>,
     token: Option<String>,
     capabilities: Vec<String>,
@@ -84,6 +93,7 @@ impl ClientBuilder {
     pub(crate) fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            failover: Vec::new(),
             agent_id: None,
             token: None,
             capabilities: Vec::new(),
@@ -181,9 +191,22 @@ impl ClientBuilder {
         self
     }
 
+    /// Another server of the same bus (servers sharing one Redis, see the server's
+    /// `--redis`), tried in turn when the others cannot be reached: the client moves to
+    /// it and recovers its subscriptions by offset, as after any reconnection. May be
+    /// given several times.
+    pub fn failover(mut self, url: impl Into<String>) -> Self {
+        self.failover.push(url.into());
+        self
+    }
+
     fn options(self) -> Result<Options> {
-        let parsed = Url::parse(&self.url)
-            .map_err(|e| Error::with_source(ErrorKind::InvalidUrl, format!("invalid url {:?}", self.url), e))?;
+        let mut servers = Vec::with_capacity(1 + self.failover.len());
+        for url in std::iter::once(&self.url).chain(&self.failover) {
+            let parsed = Url::parse(url)
+                .map_err(|e| Error::with_source(ErrorKind::InvalidUrl, format!("invalid url {url:?}"), e))?;
+            servers.push(Server { ws_url: ws_url(&parsed)?, http_base: http_base(&parsed)? });
+        }
         let agent_id = self.agent_id.unwrap_or_else(|| format!("client-{:08x}", fastrand::u32(..)));
         AgentId::new(&agent_id)
             .map_err(|e| Error::with_source(ErrorKind::InvalidName, format!("invalid agent id {agent_id:?}"), e))?;
@@ -191,8 +214,7 @@ impl ClientBuilder {
             return Err(Error::new(ErrorKind::InvalidUrl, "the transport chain is empty"));
         }
         Ok(Options {
-            ws_url: ws_url(&parsed)?,
-            http_base: http_base(&parsed)?,
+            servers,
             agent_id,
             token: self.token,
             capabilities: self.capabilities,

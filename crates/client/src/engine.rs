@@ -130,16 +130,18 @@ struct Pending {
 
 /// What a dial found.
 enum Dialed {
-    Ws(Box<WsStream>),
-    Http,
+    /// A WebSocket to the server at this index of [`Options::servers`].
+    Ws(Box<WsStream>, usize),
+    /// HTTP to the server at this index.
+    Http(usize),
     Board(Board),
 }
 
 impl Dialed {
     fn transport(&self) -> Transport {
         match self {
-            Dialed::Ws(_) => Transport::Websocket,
-            Dialed::Http => Transport::Http,
+            Dialed::Ws(..) => Transport::Websocket,
+            Dialed::Http(_) => Transport::Http,
             Dialed::Board(_) => Transport::Board,
         }
     }
@@ -236,6 +238,9 @@ pub(crate) struct Engine {
     events: broadcast::Sender<Event>,
     state: watch::Sender<Option<Transport>>,
     http: reqwest::Client,
+    /// The server (index into [`Options::servers`]) of the server tiers' link, or of
+    /// the last one: tried first when dialing.
+    server: usize,
     board: Option<Board>,
     link: Link,
     /// Bumped at every link change; reports from an older link are ignored.
@@ -290,62 +295,91 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .unwrap_or_else(|e| Err(Error::new(ErrorKind::Board, format!("board task failed: {e}"))))
 }
 
-/// Tries `tiers` in order; the first that works wins.
+/// Tries `tiers` in order, each server tier on every server starting with the one at
+/// `first`; the first that works wins.
 async fn dial(
     opts: Arc<Options>,
     http: reqwest::Client,
     tiers: Vec<Transport>,
     board: Option<Board>,
+    first: usize,
 ) -> std::result::Result<Dialed, String> {
     let mut errors = Vec::new();
+    let n = opts.servers.len();
+    let order: Vec<usize> = (0..n).map(|k| (first + k) % n.max(1)).collect();
     for t in tiers {
-        match t {
-            Transport::Websocket => {
-                let mut request = match opts.ws_url.as_str().into_client_request() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        errors.push(format!("websocket: {e}"));
-                        continue;
-                    }
-                };
-                if let Some(token) = &opts.token
-                    && let Ok(v) =
-                        tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&format!("Bearer {token}"))
-                {
-                    request.headers_mut().insert("authorization", v);
+        let servers = if t.is_server() { order.as_slice() } else { &order[..order.len().min(1)] };
+        for &i in servers {
+            match dial_one(&opts, &http, t, &board, i).await {
+                Ok(d) => return Ok(d),
+                Err(DialError::Refused(e)) => {
+                    errors.push(e);
+                    return Err(errors.join("; "));
                 }
-                let connect = tokio_tungstenite::connect_async_with_config(request, Some(websocket_config()), true);
-                match tokio::time::timeout(opts.connect_timeout, connect).await {
-                    Ok(Ok((ws, _))) => return Ok(Dialed::Ws(Box::new(ws))),
-                    Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) if res.status().as_u16() == 401 => {
-                        // Refused credentials: another tier would be refused too.
-                        errors.push("websocket: 401 unauthorized (check the token)".to_owned());
-                        return Err(errors.join("; "));
-                    }
-                    Ok(Err(e)) => errors.push(format!("websocket: {e}")),
-                    Err(_) => errors.push("websocket: connect timed out".to_owned()),
-                }
-            }
-            Transport::Http => match http::probe(&http, &opts.http_base, opts.connect_timeout).await {
-                Ok(()) => return Ok(Dialed::Http),
-                Err(e) => errors.push(format!("http: {e}")),
-            },
-            Transport::Board => {
-                let opened = match board.clone() {
-                    Some(b) => Ok(b),
-                    None => {
-                        let path = opts.board_path.clone();
-                        blocking(move || Board::open(&path)).await
-                    }
-                };
-                match opened {
-                    Ok(b) => return Ok(Dialed::Board(b)),
-                    Err(e) => errors.push(format!("board: {e}")),
-                }
+                Err(DialError::Failed(e)) => errors.push(e),
             }
         }
     }
     Err(errors.join("; "))
+}
+
+/// Why one attempt failed.
+enum DialError {
+    /// Credentials were refused: no other tier or server would take them either.
+    Refused(String),
+    /// Try the next.
+    Failed(String),
+}
+
+/// One tier on the server at `server` (the board ignores it).
+async fn dial_one(
+    opts: &Options,
+    http: &reqwest::Client,
+    t: Transport,
+    board: &Option<Board>,
+    server: usize,
+) -> std::result::Result<Dialed, DialError> {
+    let Some(srv) = opts.servers.get(server) else { return Err(DialError::Failed("no server".to_owned())) };
+    // With several servers, say which one failed.
+    let name = |tier: &str| if opts.servers.len() > 1 { format!("{tier} {}", srv.ws_url) } else { tier.to_owned() };
+    match t {
+        Transport::Websocket => {
+            let mut request = srv
+                .ws_url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| DialError::Failed(format!("{}: {e}", name("websocket"))))?;
+            if let Some(token) = &opts.token
+                && let Ok(v) = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&format!("Bearer {token}"))
+            {
+                request.headers_mut().insert("authorization", v);
+            }
+            let connect = tokio_tungstenite::connect_async_with_config(request, Some(websocket_config()), true);
+            match tokio::time::timeout(opts.connect_timeout, connect).await {
+                Ok(Ok((ws, _))) => Ok(Dialed::Ws(Box::new(ws), server)),
+                Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) if res.status().as_u16() == 401 => {
+                    // Refused credentials: another tier would be refused too.
+                    Err(DialError::Refused(format!("{}: 401 unauthorized (check the token)", name("websocket"))))
+                }
+                Ok(Err(e)) => Err(DialError::Failed(format!("{}: {e}", name("websocket")))),
+                Err(_) => Err(DialError::Failed(format!("{}: connect timed out", name("websocket")))),
+            }
+        }
+        Transport::Http => match http::probe(http, &srv.http_base, opts.connect_timeout).await {
+            Ok(()) => Ok(Dialed::Http(server)),
+            Err(e) => Err(DialError::Failed(format!("{}: {e}", name("http")))),
+        },
+        Transport::Board => {
+            let opened = match board.clone() {
+                Some(b) => Ok(b),
+                None => {
+                    let path = opts.board_path.clone();
+                    blocking(move || Board::open(&path)).await
+                }
+            };
+            opened.map(Dialed::Board).map_err(|e| DialError::Failed(format!("board: {e}")))
+        }
+    }
 }
 
 async fn next_ws(link: &mut Link) -> Option<std::result::Result<WsMessage, tokio_tungstenite::tungstenite::Error>> {
@@ -408,6 +442,7 @@ impl Engine {
             events,
             state,
             http,
+            server: 0,
             board: None,
             link: Link::Down,
             link_gen: 0,
@@ -710,6 +745,7 @@ impl Engine {
         let plan = ts.plan(&reference);
         let epoch = ts.epoch.clone();
         self.sub_refs.insert(reference.clone(), (topic.to_owned(), plan.since));
+        let http_base = self.http_base();
         match &mut self.link {
             Link::Ws(_) => {
                 let mut frame = json!({"type": "subscribe", "topic": topic, "ref": reference});
@@ -730,7 +766,7 @@ impl Engine {
                 }
                 let task = tokio::spawn(http::stream(
                     self.http.clone(),
-                    self.opts.http_base.clone(),
+                    http_base,
                     http::StreamSpec {
                         link: self.link_gen,
                         topic: topic.to_owned(),
@@ -810,7 +846,7 @@ impl Engine {
                 self.ws_write(vec![frame.to_string()]).await;
             }
             Link::Http(_) => {
-                let (http, base) = (self.http.clone(), self.opts.http_base.clone());
+                let (http, base) = (self.http.clone(), self.http_base());
                 tokio::spawn(async move {
                     let answer = match query {
                         Query::History { topic, limit } => {
@@ -1151,14 +1187,20 @@ impl Engine {
 
     // ----- link changes -----
 
+    /// The HTTP base URL of the current (or last) server. (The builder gives at least
+    /// one server, and `self.server` only ever holds an index a dial returned.)
+    fn http_base(&self) -> reqwest::Url {
+        self.opts.servers[self.server].http_base.clone()
+    }
+
     fn start_dial(&mut self, purpose: Purpose, tiers: Vec<Transport>) {
         if self.dial.is_some() || tiers.is_empty() {
             return;
         }
         let (tx, rx) = oneshot::channel();
-        let (opts, http, board) = (self.opts.clone(), self.http.clone(), self.board.clone());
+        let (opts, http, board, first) = (self.opts.clone(), self.http.clone(), self.board.clone(), self.server);
         tokio::spawn(async move {
-            let _ = tx.send(dial(opts, http, tiers, board).await);
+            let _ = tx.send(dial(opts, http, tiers, board, first).await);
         });
         self.dial = Some((purpose, rx));
     }
@@ -1251,16 +1293,20 @@ impl Engine {
         }
         self.link_gen += 1;
         self.link = match d {
-            Dialed::Ws(ws) => Link::Ws(ws),
+            Dialed::Ws(ws, server) => {
+                self.server = server;
+                Link::Ws(ws)
+            }
             Dialed::Board(b) => {
                 self.board = Some(b.clone());
                 Link::Board(b)
             }
-            Dialed::Http => {
+            Dialed::Http(server) => {
+                self.server = server;
                 let (posts, rx) = mpsc::channel(self.opts.send_queue + FORWARD_BATCH + 64);
                 let task = tokio::spawn(http::poster(
                     self.http.clone(),
-                    self.opts.http_base.clone(),
+                    self.http_base(),
                     self.link_gen,
                     rx,
                     self.http_tx.clone(),

@@ -575,3 +575,42 @@ async fn while_redis_is_down_sends_are_refused_as_unavailable_and_then_work_agai
     let m = sub.recv_type("message").await;
     assert_eq!((m["offset"].as_u64(), m["content"].as_str()), (Some(2), Some("after")), "{m}");
 }
+
+#[tokio::test]
+async fn a_rust_client_fails_over_to_another_server_of_the_bus_and_misses_nothing() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, b) = (bus_server(&redis).await, bus_server(&redis).await);
+    let dir = tempfile::tempdir().unwrap();
+    let client = agentbus::Client::builder(a.ws_url())
+        .failover(b.ws_url())
+        .agent_id("roamer")
+        .board_path(dir.path().join("board.db"))
+        .transports([agentbus::Transport::Websocket])
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("handoff").await.unwrap();
+    let mut p = b.connect().await;
+    p.register("source").await;
+    for i in 1..=3 {
+        assert_eq!(p.publish("handoff", json!(i)).await["offset"], i);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let m = tokio::time::timeout(TIMEOUT, futures_util::StreamExt::next(&mut sub)).await.unwrap().unwrap();
+        seen.push(m.offset);
+    }
+    // The client's server goes away; the bus goes on without it.
+    a.kill().await;
+    for i in 4..=8 {
+        assert_eq!(p.publish("handoff", json!(i)).await["offset"], i);
+    }
+    while seen.len() < 8 {
+        let m = tokio::time::timeout(TIMEOUT, futures_util::StreamExt::next(&mut sub)).await.unwrap().unwrap();
+        seen.push(m.offset);
+    }
+    assert_eq!(seen, (1..=8).collect::<Vec<u64>>(), "every message once, in order, across the move");
+    // It now sends through the other server too.
+    let ack = client.send("handoff", json!("from the roamer")).await.unwrap();
+    assert_eq!(ack.offset, 9);
+}
