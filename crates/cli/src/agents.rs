@@ -16,7 +16,8 @@ use clap::Args;
 /// How an example agent reaches the bus.
 #[derive(Args, Debug, Clone)]
 pub struct BusArgs {
-    /// The bus: `ws://HOST:PORT` (an `http://` URL means the same server).
+    /// The bus: `ws://HOST:PORT` (an `http://` URL means the same server); several
+    /// servers of one bus separated by commas are tried in turn.
     #[arg(long, env = "AGENTBUS_URL", default_value = "ws://localhost:3030")]
     pub url: String,
     /// The local board used when no server is reachable [default: $AGENTBUS_BOARD, else
@@ -33,7 +34,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Connects as `agent` with `capabilities` (shown to others by presence) and says
 /// which transport carries it.
 pub(crate) async fn connect(bus: &BusArgs, agent: &str, capabilities: &[&str]) -> anyhow::Result<Client> {
-    let mut builder = Client::builder(&bus.url)
+    let mut builder = crate::bus::builder(&bus.url)
         .agent_id(agent)
         .capabilities(capabilities.iter().copied())
         .connect_timeout(Duration::from_secs(3));

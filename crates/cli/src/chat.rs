@@ -49,7 +49,8 @@ const HELP: &str = "\
 /// `agentbus chat`.
 #[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
-    /// The bus: `ws://HOST:PORT` (an `http://` URL means the same server).
+    /// The bus: `ws://HOST:PORT` (an `http://` URL means the same server); several
+    /// servers of one bus separated by commas are tried in turn.
     #[arg(long, env = "AGENTBUS_URL", default_value = "ws://localhost:3030")]
     pub url: String,
     /// The agent id to chat as.
@@ -653,7 +654,7 @@ async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         Out::Plain { notes_to_stderr: true }
     };
 
-    let mut builder = Client::builder(&args.url)
+    let mut builder = crate::bus::builder(&args.url)
         .agent_id(&args.agent)
         .capabilities(["chat"])
         .connect_timeout(Duration::from_secs(3))

@@ -2,6 +2,7 @@
 
 mod agents;
 mod bench;
+mod bus;
 mod chat;
 mod daemon;
 mod key;

@@ -16,7 +16,8 @@ use serde_json::Value;
 /// How to reach the bus (shared by every client command).
 #[derive(Args, Debug, Clone)]
 pub struct ConnArgs {
-    /// The bus: `ws://HOST:PORT` (an `http://` URL means the same server).
+    /// The bus: `ws://HOST:PORT` (an `http://` URL means the same server); several
+    /// servers of one bus separated by commas are tried in turn.
     #[arg(long, env = "AGENTBUS_URL", default_value = "ws://localhost:3030")]
     pub url: String,
     /// The agent id to speak as [default: cli-<user>].
@@ -117,7 +118,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(conn: &ConnArgs) -> anyhow::Result<Client> {
-    let mut builder = Client::builder(&conn.url)
+    let mut builder = crate::bus::builder(&conn.url)
         .agent_id(conn.agent.clone().unwrap_or_else(default_agent))
         .connect_timeout(Duration::from_secs(3))
         .request_timeout(Duration::from_secs(30));

@@ -614,3 +614,28 @@ async fn a_rust_client_fails_over_to_another_server_of_the_bus_and_misses_nothin
     let ack = client.send("handoff", json!("from the roamer")).await.unwrap();
     assert_eq!(ack.offset, 9);
 }
+
+#[tokio::test]
+async fn cli_commands_take_several_servers_of_a_bus_and_use_one_that_answers() {
+    let Some(redis) = Redis::start() else { return };
+    let b = bus_server(&redis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    let urls = format!("ws://127.0.0.1:{closed}, {}", b.ws_url());
+    let board = dir.path().join("board.db");
+    let out = tokio::process::Command::new(agentbus_testkit::agentbus_bin())
+        .args(["send", "--url", &urls, "--board"])
+        .arg(&board)
+        .args(["notes", "via the second server"])
+        .env_remove("AGENTBUS_URL")
+        .env_remove("AGENTBUS_BOARD")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Using 'websocket' transport"), "{stderr}");
+    let page: Value =
+        reqwest::get(format!("{}/v1/topics/notes/messages?after=0", b.http_url())).await.unwrap().json().await.unwrap();
+    assert_eq!(page["messages"][0]["content"], "via the second server", "{page}");
+}
