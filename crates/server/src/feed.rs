@@ -10,7 +10,8 @@ use tokio::sync::{oneshot, watch};
 
 use crate::broker::{BrokerHandle, Command};
 use crate::config::RedisConfig;
-use crate::store::redis::{FeedItem, RedisStore, follow_feed};
+use crate::metrics::Metrics;
+use crate::store::redis::{FeedHandlers, FeedItem, RedisStore, follow_feed};
 
 /// Waits between attempts to reach Redis when the feed cannot start.
 const RETRY: Duration = Duration::from_secs(1);
@@ -28,6 +29,7 @@ pub fn start(
     node: String,
     broker: BrokerHandle,
     shutdown: watch::Receiver<bool>,
+    metrics: std::sync::Arc<Metrics>,
 ) -> std::io::Result<()> {
     {
         let (config, broker, shutdown) = (config.clone(), broker.clone(), shutdown.clone());
@@ -56,7 +58,13 @@ pub fn start(
             broker.blocking_send(cmd).is_ok()
         };
         let caught_up = |topic, last| broker.blocking_send(Command::CaughtUp { topic, last }).is_ok();
-        follow_feed(&store, &stopped, &deliver, &caught_up);
+        let connected = || {
+            metrics.feed_connections.inc();
+        };
+        follow_feed(
+            &store,
+            &FeedHandlers { stopped: &stopped, deliver: &deliver, caught_up: &caught_up, connected: &connected },
+        );
     })?;
     Ok(())
 }

@@ -154,7 +154,7 @@ pub async fn serve_with_store(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(redis) = &config.redis {
         let node = format!("{boot_epoch}-{}", std::process::id());
-        feed::start(redis, node, handle.clone(), shutdown_rx.clone())?;
+        feed::start(redis, node, handle.clone(), shutdown_rx.clone(), metrics.clone())?;
     }
     let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
     let shared = Arc::new(Shared::new(handle, store, config, boot_epoch, shutdown_rx.clone(), tasks_tx, metrics, auth));

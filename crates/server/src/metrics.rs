@@ -53,6 +53,12 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Recoveries with `since`, by outcome (`full` or `partial`).
     pub recoveries: Family<Labels, Counter>,
+    /// With a shared store: messages of other servers fanned out here.
+    pub remote_messages: Counter,
+    /// With a shared store: gaps in a topic's offsets filled from the store.
+    pub gaps_filled: Counter,
+    /// With a shared store: connections of the feed (the first and every reconnection).
+    pub feed_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -105,6 +111,9 @@ impl Metrics {
         r.register("store_commit_batch_size", "Records per store transaction", commit_batch.clone());
         let recoveries = Family::<Labels, Counter>::default();
         r.register("recoveries", "Recoveries with since, by outcome", recoveries.clone());
+        let remote_messages = counter("remote_messages", "Messages of other servers of the bus fanned out here", r);
+        let gaps_filled = counter("gaps_filled", "Gaps in a topic's offsets filled from the shared store", r);
+        let feed_connections = counter("feed_connections", "Connections of the shared store's feed", r);
         Self {
             registry: root,
             connections,
@@ -123,6 +132,9 @@ impl Metrics {
             rejected,
             commit_batch,
             recoveries,
+            remote_messages,
+            gaps_filled,
+            feed_connections,
         }
     }
 

@@ -539,6 +539,13 @@ async fn messages_published_while_a_server_lost_its_feed_still_reach_its_subscri
         assert_eq!((m["offset"].as_u64(), m["content"].as_u64()), (Some(i), Some(i)), "{m}");
     }
     assert!(sub.try_recv(QUIET).await.is_none(), "nothing twice");
+    let metrics = reqwest::get(format!("{}/metrics", a.http_url())).await.unwrap().text().await.unwrap();
+    let counter = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(counter("agentbus_feed_connections_total") >= 2, "the feed reconnected:\n{metrics}");
+    assert!(counter("agentbus_remote_messages_total") >= 1, "{metrics}");
 }
 
 #[tokio::test]

@@ -392,7 +392,9 @@ impl Broker {
             }
             Command::Close { conn } => self.close(conn),
             Command::Remote { topic, offset, frame } => {
-                self.topic_mut(&topic);
+                if offset > self.topic_mut(&topic).committed {
+                    self.metrics.remote_messages.inc();
+                }
                 let _ = self.fan_out(&topic, offset, &frame);
             }
             Command::CaughtUp { topic, last } => self.caught_up(&topic, last),
@@ -720,6 +722,7 @@ impl Broker {
             return Some(t.subscribers.len());
         }
         if offset > t.committed + 1 {
+            self.metrics.gaps_filled.inc();
             let gap = Replay::gap(topic.clone(), t.committed, offset - 1);
             for (_, outbox) in &t.subscribers {
                 let _ = outbox.push(Outgoing::Replay(Box::new(gap.clone())));
@@ -754,10 +757,12 @@ impl Broker {
     /// The shared store holds everything of `topic` up to `last`: subscribers get what
     /// they have not seen from the store.
     fn caught_up(&mut self, topic: &TopicName, last: u64) {
+        let metrics = self.metrics.clone();
         let t = self.topic_mut(topic);
         if last <= t.committed {
             return;
         }
+        metrics.gaps_filled.inc();
         let gap = Replay::gap(topic.clone(), t.committed, last);
         for (_, outbox) in &t.subscribers {
             let _ = outbox.push(Outgoing::Replay(Box::new(gap.clone())));
@@ -1118,6 +1123,7 @@ mod tests {
         assert_eq!(items(&sub), ["r4-6"]);
         b.handle(Command::CaughtUp { topic: TopicName::new("t").unwrap(), last: 6 });
         assert!(items(&sub).is_empty());
+        assert_eq!((b.metrics.remote_messages.get(), b.metrics.gaps_filled.get()), (2, 2));
     }
 
     #[test]

@@ -559,18 +559,25 @@ pub fn parse_feed(text: &str) -> Option<FeedItem> {
     Some(FeedItem::Message { topic, offset, frame: Utf8Bytes::from(text.to_owned()) })
 }
 
-/// Follows the bus's feed until `stopped` says so, handing every item to `deliver` and,
-/// after every (re)connection, every topic's newest offset to `caught_up` (what the feed
-/// may have missed while it was away). Call on a dedicated thread.
-pub fn follow_feed(
-    store: &RedisStore,
-    stopped: &dyn Fn() -> bool,
-    deliver: &dyn Fn(FeedItem) -> bool,
-    caught_up: &dyn Fn(TopicName, u64) -> bool,
-) {
+/// The callbacks of [`follow_feed`].
+pub struct FeedHandlers<'a> {
+    /// Whether to stop.
+    pub stopped: &'a dyn Fn() -> bool,
+    /// Takes each item; `false` stops following.
+    pub deliver: &'a dyn Fn(FeedItem) -> bool,
+    /// Takes a topic's newest offset after every (re)connection (what the feed may have
+    /// missed while it was away); `false` stops following.
+    pub caught_up: &'a dyn Fn(TopicName, u64) -> bool,
+    /// Told of every (re)connection.
+    pub connected: &'a dyn Fn(),
+}
+
+/// Follows the bus's feed until told to stop. Call on a dedicated thread.
+pub fn follow_feed(store: &RedisStore, h: &FeedHandlers<'_>) {
+    let stopped = h.stopped;
     let mut backoff = Duration::from_millis(100);
     while !stopped() {
-        match follow_once(store, stopped, deliver, caught_up) {
+        match follow_once(store, h) {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "the redis feed was lost; reconnecting");
@@ -581,15 +588,12 @@ pub fn follow_feed(
     }
 }
 
-fn follow_once(
-    store: &RedisStore,
-    stopped: &dyn Fn() -> bool,
-    deliver: &dyn Fn(FeedItem) -> bool,
-    caught_up: &dyn Fn(TopicName, u64) -> bool,
-) -> Result<(), StoreError> {
+fn follow_once(store: &RedisStore, h: &FeedHandlers<'_>) -> Result<(), StoreError> {
+    let (stopped, deliver, caught_up) = (h.stopped, h.deliver, h.caught_up);
     let mut conn = store.connect().map_err(db_error)?;
     let mut pubsub = conn.as_pubsub();
     pubsub.subscribe(store.feed_channel()).map_err(db_error)?;
+    (h.connected)();
     // Anything stored before the subscription took effect comes from the streams.
     for t in store.topics()? {
         if !caught_up(t.topic, t.last_offset) {
