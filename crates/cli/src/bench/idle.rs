@@ -57,7 +57,7 @@ async fn open_one(
     stop: watch::Receiver<bool>,
     dropped: Arc<AtomicU64>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let mut ws = conn::connect(&ctx.target, source, IDLE_READ_BUFFER).await?;
+    let mut ws = conn::connect(ctx.target(i), source, IDLE_READ_BUFFER).await?;
     conn::register(&mut ws, &format!("bench-{}-i{i}", ctx.run)).await?;
     conn::subscribe(&mut ws, topic).await?;
     Ok(tokio::spawn(hold(ws, stop, dropped)))

@@ -46,7 +46,11 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// The server's WebSocket URL (loopback only unless --allow-remote).
+    /// The server's WebSocket URL (loopback only unless --allow-remote), or several
+    /// servers of one bus separated by commas: subscribers, publishers and requesters
+    /// are spread over them round robin, publishers starting one server after their
+    /// subscribers, so messages cross between servers. `--server-pid` then reports one
+    /// server's CPU.
     #[arg(long, default_value = "ws://127.0.0.1:3030")]
     pub url: String,
     /// Print one JSON object with every figure instead of the table (and no progress bar).
@@ -127,8 +131,9 @@ impl Scenario {
 /// What every scenario shares.
 #[derive(Debug)]
 pub struct Ctx {
-    /// Where traffic goes.
-    pub target: Target,
+    /// Where traffic goes: one server, or several servers of one bus (connections are
+    /// spread over them, see [`Ctx::target`]).
+    pub targets: Vec<Target>,
     /// A random tag that makes this run's topic and agent names unique.
     pub run: String,
     /// The zero of the timestamps carried in contents.
@@ -148,6 +153,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The server for the `i`-th connection of a kind: round robin over the targets.
+    pub fn target(&self, i: usize) -> &Target {
+        &self.targets[i % self.targets.len()]
+    }
+
     /// Nanoseconds since the bench started.
     pub fn now_ns(&self) -> u64 {
         self.ns_at(Instant::now())
@@ -160,7 +170,8 @@ impl Ctx {
 
     /// A report with the parameters every scenario has.
     fn report(&self, scenario: Scenario) -> Report {
-        let mut r = Report::new(scenario.name(), &self.target.url);
+        let urls: Vec<&str> = self.targets.iter().map(|t| t.url.as_str()).collect();
+        let mut r = Report::new(scenario.name(), &urls.join(","));
         r.param("duration_secs", self.duration.as_secs_f64());
         r.param("size", self.size);
         if let Some(pid) = self.server_pid {
@@ -217,12 +228,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     let report = runtime.block_on(async {
-        let target = Target::resolve(&args.url, args.allow_remote).await?;
+        let mut targets = Vec::new();
+        for url in args.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            targets.push(Target::resolve(url, args.allow_remote).await?);
+        }
+        anyhow::ensure!(!targets.is_empty(), "no server URL given");
         let duration = Duration::from_secs(args.duration);
         let epoch = Instant::now();
         let default_size = if args.scenario == Scenario::Durable { 200 } else { 100 };
         let ctx = Arc::new(Ctx {
-            target,
+            targets,
             run: format!("{:08x}", fastrand::u32(..)),
             epoch,
             hard: epoch + duration + HARD_CAP_EXTRA,

@@ -51,12 +51,21 @@ pub struct Outcome {
     pub cpu: CpuUse,
 }
 
-/// Opens `n` connections as `<prefix><i>`, subscribed to `topic` when given.
-async fn open_many(ctx: &Ctx, prefix: &str, topics: &[Option<String>], done: &mut u64) -> anyhow::Result<Vec<Ws>> {
+/// Opens `n` connections as `<prefix><i>`, subscribed to `topic` when given, the `i`-th
+/// to the server `ctx.target(i + shift)`.
+async fn open_many(
+    ctx: &Ctx,
+    prefix: &str,
+    topics: &[Option<String>],
+    shift: usize,
+    done: &mut u64,
+) -> anyhow::Result<Vec<Ws>> {
     let opening = futures_util::stream::iter(topics.iter().enumerate())
         .map(|(i, topic)| async move {
             let agent = format!("{prefix}{i}");
-            conn::open(&ctx.target, &agent, topic.as_deref()).await.with_context(|| format!("connection {agent}"))
+            conn::open(ctx.target(i + shift), &agent, topic.as_deref())
+                .await
+                .with_context(|| format!("connection {agent}"))
         })
         .buffered(CONNECT_PARALLEL);
     futures_util::pin_mut!(opening);
@@ -78,8 +87,8 @@ pub async fn run(ctx: &Arc<Ctx>, plans: &[TopicPlan], pace: Pace) -> anyhow::Res
         plans.iter().flat_map(|p| std::iter::repeat_n(Some(p.topic.clone()), p.subscribers)).collect();
     ctx.progress.phase("connect", (sub_topics.len() + plans.len()) as u64);
     let mut done = 0;
-    let subs = open_many(ctx, &format!("bench-{}-s", ctx.run), &sub_topics, &mut done).await?;
-    let pubs = open_many(ctx, &format!("bench-{}-p", ctx.run), &vec![None; plans.len()], &mut done).await?;
+    let subs = open_many(ctx, &format!("bench-{}-s", ctx.run), &sub_topics, 0, &mut done).await?;
+    let pubs = open_many(ctx, &format!("bench-{}-p", ctx.run), &vec![None; plans.len()], 1, &mut done).await?;
     let setup = setup_start.elapsed();
 
     let flows: Vec<Arc<Flow>> = plans.iter().map(|p| Arc::new(Flow::new(p.subscribers as u64, ctx.size))).collect();

@@ -48,9 +48,9 @@ pub async fn run(ctx: &Arc<Ctx>, report: &mut Report, requesters: usize, infligh
     report.param("inflight", inflight);
     let setup_start = Instant::now();
     ctx.progress.phase("connect", requesters as u64 + 1);
-    let replier_ws = conn::open(&ctx.target, REPLIER, None).await.context("the replier")?;
+    let replier_ws = conn::open(ctx.target(0), REPLIER, None).await.context("the replier")?;
     let conns = futures_util::stream::iter(0..requesters)
-        .map(|i| async move { conn::open(&ctx.target, &requester_id(ctx, i), None).await })
+        .map(|i| async move { conn::open(ctx.target(i + 1), &requester_id(ctx, i), None).await })
         .buffered(CONNECT_PARALLEL)
         .collect::<Vec<_>>()
         .await

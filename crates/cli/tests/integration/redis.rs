@@ -646,3 +646,38 @@ async fn cli_commands_take_several_servers_of_a_bus_and_use_one_that_answers() {
         reqwest::get(format!("{}/v1/topics/notes/messages?after=0", b.http_url())).await.unwrap().json().await.unwrap();
     assert_eq!(page["messages"][0]["content"], "via the second server", "{page}");
 }
+
+/// Runs `agentbus bench ARGS --duration 1 --json` against every server of `urls`.
+async fn bench_bus(urls: &str, args: &[&str]) -> Value {
+    let out = tokio::process::Command::new(agentbus_testkit::agentbus_bin())
+        .arg("bench")
+        .args(args)
+        .args(["--duration", "1", "--json", "--url", urls])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench {args:?} failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["url"].as_str(), Some(urls), "{report}");
+    report["results"].clone()
+}
+
+#[tokio::test]
+async fn the_bench_spreads_its_connections_over_the_servers_of_a_bus_and_loses_nothing() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (bus_server(&redis).await, bus_server(&redis).await);
+    let urls = format!("{},{}", a.ws_url(), b.ws_url());
+    for args in [&["pairs", "--pairs", "4"][..], &["fanout", "--subscribers", "6"]] {
+        let r = bench_bus(&urls, args).await;
+        assert!(r["acked"].as_u64().unwrap() > 0, "{args:?}: {r}");
+        assert_eq!((r["loss"].as_u64(), r["offset_gaps"].as_u64()), (Some(0), Some(0)), "{args:?}: {r}");
+    }
+    // Published on one server, replayed from the other.
+    let r = bench_bus(&urls, &["durable", "--replay", "500"]).await;
+    assert_eq!((r["replayed"].as_u64(), r["replay_missing"].as_u64()), (Some(500), Some(0)), "{r}");
+    let r = bench_bus(&urls, &["request", "--requesters", "3"]).await;
+    assert_eq!(r["unanswered"].as_u64(), Some(0), "{r}");
+    let metrics = reqwest::get(format!("{}/metrics", a.http_url())).await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("agentbus_remote_messages_total 0\n"), "messages crossed between servers");
+}
