@@ -681,3 +681,25 @@ async fn the_bench_spreads_its_connections_over_the_servers_of_a_bus_and_loses_n
     let metrics = reqwest::get(format!("{}/metrics", a.http_url())).await.unwrap().text().await.unwrap();
     assert!(!metrics.contains("agentbus_remote_messages_total 0\n"), "messages crossed between servers");
 }
+
+#[tokio::test]
+async fn the_redis_section_of_the_configuration_file_and_the_flags_name_the_same_bus() {
+    let Some(redis) = Redis::start() else { return };
+    let from_file = TestServer::builder()
+        .config(&format!("[redis]\nurl = \"{}\"\nprefix = \"filebus\"\n", redis.url()))
+        .start()
+        .await;
+    // The other server names the same bus with flags.
+    let from_flags = bus_server_with_prefix(&redis, "filebus").await;
+    let mut p = from_file.connect().await;
+    p.register("configured").await;
+    assert_eq!(p.publish("cfg", json!("one bus")).await["offset"], 1);
+    let page: Value = reqwest::get(format!("{}/v1/topics/cfg/messages?after=0", from_flags.http_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"][0]["content"], "one bus", "{page}");
+    assert!(redis.keys().iter().any(|k| k.starts_with("filebus:")), "{:?}", redis.keys());
+}
