@@ -133,6 +133,20 @@ fn redis_command<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis
     cmd.query(&mut conn)
 }
 
+/// A client of `server` registered as `agent`.
+async fn registered(server: &TestServer, agent: &str) -> WsClient {
+    let mut c = server.connect().await;
+    c.register(agent).await;
+    c
+}
+
+/// A client of `server` subscribed to `topic`.
+async fn subscribed(server: &TestServer, topic: &str) -> WsClient {
+    let mut c = server.connect().await;
+    c.subscribe(topic).await;
+    c
+}
+
 /// An agentbus server on `redis` (default prefix).
 async fn bus_server(redis: &Redis) -> TestServer {
     TestServer::builder().arg("--redis").arg(&redis.url()).start().await
@@ -178,11 +192,9 @@ fn offsets(messages: &[Value]) -> Vec<u64> {
 async fn a_subscriber_on_one_server_gets_what_another_server_publishes_in_order() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (bus_server(&redis).await, bus_server(&redis).await);
-    let mut sub = a.connect().await;
-    sub.register("watcher").await;
+    let mut sub = registered(&a, "watcher").await;
     assert_eq!(sub.subscribe("relay").await["offset"], 0);
-    let mut p = b.connect().await;
-    p.register("publisher").await;
+    let mut p = registered(&b, "publisher").await;
     const N: u64 = 50;
     for i in 1..=N {
         let ack = p.publish("relay", json!(i)).await;
@@ -201,15 +213,11 @@ async fn a_subscriber_on_one_server_gets_what_another_server_publishes_in_order(
 async fn concurrent_publishers_on_two_servers_share_one_gapless_order() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (bus_server(&redis).await, bus_server(&redis).await);
-    let mut sub_a = a.connect().await;
-    sub_a.subscribe("busy").await;
-    let mut sub_b = b.connect().await;
-    sub_b.subscribe("busy").await;
+    let sub_a = subscribed(&a, "busy").await;
+    let sub_b = subscribed(&b, "busy").await;
     let (reader_a, reader_b) = (collect_messages(sub_a, 400), collect_messages(sub_b, 400));
-    let mut pa = a.connect().await;
-    pa.register("pub-a").await;
-    let mut pb = b.connect().await;
-    pb.register("pub-b").await;
+    let mut pa = registered(&a, "pub-a").await;
+    let mut pb = registered(&b, "pub-b").await;
     let ids_a: Vec<String> = (0..200).map(|i| format!("a-{i}")).collect();
     let ids_b: Vec<String> = (0..200).map(|i| format!("b-{i}")).collect();
     let (acks_a, acks_b) =
@@ -234,8 +242,7 @@ async fn concurrent_publishers_on_two_servers_share_one_gapless_order() {
 async fn history_and_recovery_live_in_redis_for_every_server_and_survive_restarts() {
     let Some(redis) = Redis::start() else { return };
     let (mut a, mut b) = (bus_server(&redis).await, bus_server(&redis).await);
-    let mut p = a.connect().await;
-    p.register("historian").await;
+    let mut p = registered(&a, "historian").await;
     for i in 1..=15 {
         p.send(json!({"type":"send","topic":"hist","content":i,"id":format!("h-{i}")})).await;
         assert_eq!(p.recv_type("ack").await["offset"], i);
@@ -292,8 +299,7 @@ async fn history_and_recovery_live_in_redis_for_every_server_and_survive_restart
             assert_eq!(r.recv().await["offset"], i);
         }
     }
-    let mut p = b.connect().await;
-    p.register("historian").await;
+    let mut p = registered(&b, "historian").await;
     assert_eq!(p.publish("hist", json!(17)).await["offset"], 17, "offsets continue after restarts");
     p.send(json!({"type":"send","topic":"hist","content":3,"id":"h-3"})).await;
     let dup = p.recv_type("ack").await;
@@ -304,14 +310,10 @@ async fn history_and_recovery_live_in_redis_for_every_server_and_survive_restart
 async fn a_client_id_is_idempotent_across_servers() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (bus_server(&redis).await, bus_server(&redis).await);
-    let mut sub_a = a.connect().await;
-    sub_a.subscribe("idem").await;
-    let mut sub_b = b.connect().await;
-    sub_b.subscribe("idem").await;
-    let mut pa = a.connect().await;
-    pa.register("pa").await;
-    let mut pb = b.connect().await;
-    pb.register("pb").await;
+    let mut sub_a = subscribed(&a, "idem").await;
+    let mut sub_b = subscribed(&b, "idem").await;
+    let mut pa = registered(&a, "pa").await;
+    let mut pb = registered(&b, "pb").await;
     pa.send(json!({"type":"send","topic":"idem","content":"once","id":"x1"})).await;
     let first = pa.recv_type("ack").await;
     assert_eq!((first["id"].as_str(), first["offset"].as_u64(), first.get("duplicate")), (Some("x1"), Some(1), None));
@@ -360,12 +362,9 @@ async fn a_client_id_is_idempotent_across_servers() {
 async fn direct_messages_reach_an_agent_on_another_server_and_wait_while_it_is_offline() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (bus_server(&redis).await, bus_server(&redis).await);
-    let mut bob = a.connect().await;
-    bob.register("bob").await;
-    let mut bob_on_b = b.connect().await;
-    bob_on_b.register("bob").await;
-    let mut alice = b.connect().await;
-    alice.register("alice").await;
+    let mut bob = registered(&a, "bob").await;
+    let mut bob_on_b = registered(&b, "bob").await;
+    let mut alice = registered(&b, "alice").await;
     alice.send(json!({"type":"send","to_agent":"bob","content":"hi","ref":"d1"})).await;
     let ack = alice.recv_type("ack").await;
     assert_eq!(
@@ -383,14 +382,12 @@ async fn direct_messages_reach_an_agent_on_another_server_and_wait_while_it_is_o
     }
 
     // carol is offline; one message comes through each server.
-    let mut dave = a.connect().await;
-    dave.register("dave").await;
+    let mut dave = registered(&a, "dave").await;
     alice.send(json!({"type":"send","to_agent":"carol","content":"first"})).await;
     assert_eq!(alice.recv_type("ack").await["offset"], 1);
     dave.send(json!({"type":"send","to_agent":"carol","content":"second"})).await;
     assert_eq!(dave.recv_type("ack").await["offset"], 2);
-    let mut carol = b.connect().await;
-    carol.register("carol").await;
+    let mut carol = registered(&b, "carol").await;
     for (offset, content, from) in [(1, "first", "alice"), (2, "second", "dave")] {
         let m = carol.recv_type("message").await;
         assert_eq!(
@@ -404,8 +401,7 @@ async fn direct_messages_reach_an_agent_on_another_server_and_wait_while_it_is_o
     drop(carol);
     // Handed over once: registering again, on the other server, replays nothing; live
     // messages then arrive there.
-    let mut carol = a.connect().await;
-    carol.register("carol").await;
+    let mut carol = registered(&a, "carol").await;
     assert!(carol.try_recv(QUIET).await.is_none(), "offline messages are handed over once, bus-wide");
     alice.send(json!({"type":"send","to_agent":"carol","content":"third"})).await;
     let m = carol.recv_type("message").await;
@@ -425,15 +421,13 @@ async fn buses_with_different_prefixes_on_one_redis_are_independent() {
         .await;
     let mut watch_two = two.connect().await;
     assert_eq!(watch_two.subscribe("shared").await["offset"], 0);
-    let mut p1 = one.connect().await;
-    p1.register("p1").await;
+    let mut p1 = registered(&one, "p1").await;
     p1.send(json!({"type":"send","topic":"shared","content":"one-1","id":"same-id"})).await;
     assert_eq!(p1.recv_type("ack").await["offset"], 1);
     for i in 2..=3 {
         assert_eq!(p1.publish("shared", json!(format!("one-{i}"))).await["offset"], i);
     }
-    let mut p2 = two.connect().await;
-    p2.register("p2").await;
+    let mut p2 = registered(&two, "p2").await;
     p2.send(json!({"type":"send","topic":"shared","content":"two-1","id":"same-id"})).await;
     let ack = p2.recv_type("ack").await;
     assert_eq!((ack["offset"].as_u64(), ack.get("duplicate")), (Some(1), None), "ids are per bus: {ack}");
@@ -455,8 +449,7 @@ async fn buses_with_different_prefixes_on_one_redis_are_independent() {
 
     // The default prefix is `agentbus`, and every key is under its bus's prefix.
     let default = bus_server(&redis).await;
-    let mut p = default.connect().await;
-    p.register("p0").await;
+    let mut p = registered(&default, "p0").await;
     assert_eq!(p.publish("shared", json!("default")).await["offset"], 1);
     let keys = redis.keys();
     let mut by_prefix: BTreeMap<&str, usize> = BTreeMap::new();
@@ -493,11 +486,9 @@ async fn an_unreachable_redis_stops_start_up_with_a_message_naming_it() {
 async fn presence_lists_the_agents_of_every_server() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (bus_server(&redis).await, bus_server(&redis).await);
-    let mut alice = a.connect().await;
-    alice.register("alice").await;
+    let mut alice = registered(&a, "alice").await;
     alice.subscribe("room").await;
-    let mut bob = b.connect().await;
-    bob.register("bob").await;
+    let mut bob = registered(&b, "bob").await;
     // Servers exchange their agents every two seconds: wait (bounded) until B lists alice.
     let deadline = Instant::now() + Duration::from_secs(15);
     let listed = loop {
@@ -520,10 +511,8 @@ async fn presence_lists_the_agents_of_every_server() {
 async fn messages_published_while_a_server_lost_its_feed_still_reach_its_subscribers() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (bus_server(&redis).await, bus_server(&redis).await);
-    let mut sub = a.connect().await;
-    sub.subscribe("steady").await;
-    let mut p = b.connect().await;
-    p.register("writer").await;
+    let mut sub = subscribed(&a, "steady").await;
+    let mut p = registered(&b, "writer").await;
     for i in 1..=5 {
         assert_eq!(p.publish("steady", json!(i)).await["offset"], i);
     }
@@ -552,10 +541,8 @@ async fn messages_published_while_a_server_lost_its_feed_still_reach_its_subscri
 async fn while_redis_is_down_sends_are_refused_as_unavailable_and_then_work_again() {
     let Some(mut redis) = Redis::start() else { return };
     let server = bus_server(&redis).await;
-    let mut sub = server.connect().await;
-    sub.subscribe("ops").await;
-    let mut p = server.connect().await;
-    p.register("operator").await;
+    let mut sub = subscribed(&server, "ops").await;
+    let mut p = registered(&server, "operator").await;
     assert_eq!(p.publish("ops", json!("before")).await["offset"], 1);
     assert_eq!(sub.recv_type("message").await["content"], "before");
 
@@ -597,8 +584,7 @@ async fn a_rust_client_fails_over_to_another_server_of_the_bus_and_misses_nothin
         .await
         .unwrap();
     let mut sub = client.subscribe("handoff").await.unwrap();
-    let mut p = b.connect().await;
-    p.register("source").await;
+    let mut p = registered(&b, "source").await;
     for i in 1..=3 {
         assert_eq!(p.publish("handoff", json!(i)).await["offset"], i);
     }
@@ -691,8 +677,7 @@ async fn the_redis_section_of_the_configuration_file_and_the_flags_name_the_same
         .await;
     // The other server names the same bus with flags.
     let from_flags = bus_server_with_prefix(&redis, "filebus").await;
-    let mut p = from_file.connect().await;
-    p.register("configured").await;
+    let mut p = registered(&from_file, "configured").await;
     assert_eq!(p.publish("cfg", json!("one bus")).await["offset"], 1);
     let page: Value = reqwest::get(format!("{}/v1/topics/cfg/messages?after=0", from_flags.http_url()))
         .await
