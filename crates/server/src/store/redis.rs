@@ -178,16 +178,6 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// The key prefix of this bus.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The Redis client (the feed opens its own connection with it).
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// The name of the feed channel.
     pub fn feed_channel(&self) -> String {
         format!("{}:feed", self.prefix)
