@@ -107,7 +107,7 @@ pub async fn run(ctx: &Arc<Ctx>, report: &mut Report, replay: u64) -> anyhow::Re
 
 /// Subscribes a new connection with `since` and reads the replay to its end.
 async fn replay_phase(ctx: &Ctx, topic: &str, since: u64, expected: u64) -> anyhow::Result<Replayed> {
-    let mut ws = conn::open(ctx.target(1), &format!("bench-{}-r0", ctx.run), None).await?;
+    let mut ws = conn::open(ctx.target(0), &format!("bench-{}-r0", ctx.run), None).await?;
     ctx.progress.phase("replay", expected);
     let start = Instant::now();
     ws.send(Message::Text(frames::subscribe(topic, Some(since)).into())).await.context("cannot subscribe")?;

@@ -147,6 +147,22 @@ async fn subscribed(server: &TestServer, topic: &str) -> WsClient {
     c
 }
 
+/// Waits (bounded) until `server` has seen `topic` up to `offset` through the feed.
+async fn wait_until_seen(server: &TestServer, topic: &str, offset: u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let topics: Value =
+            reqwest::get(format!("{}/v1/topics", server.http_url())).await.unwrap().json().await.unwrap();
+        let last =
+            topics["topics"].as_array().unwrap().iter().find(|t| t["topic"] == topic).map(|t| t["last_offset"].clone());
+        if last.and_then(|l| l.as_u64()).is_some_and(|l| l >= offset) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic} never reached {offset} on {}", server.http_url());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An agentbus server on `redis` (default prefix).
 async fn bus_server(redis: &Redis) -> TestServer {
     TestServer::builder().arg("--redis").arg(&redis.url()).start().await
@@ -247,7 +263,10 @@ async fn history_and_recovery_live_in_redis_for_every_server_and_survive_restart
         p.send(json!({"type":"send","topic":"hist","content":i,"id":format!("h-{i}")})).await;
         assert_eq!(p.recv_type("ack").await["offset"], i);
     }
-    // Default history on the other server: the last ten, as replays.
+    // Default history on the other server, once its feed has brought offset 15 (until
+    // then a subscriber there gets the history it has, then the rest live): the last
+    // ten, as replays.
+    wait_until_seen(&b, "hist", 15).await;
     let mut s = b.connect().await;
     s.send(json!({"type":"subscribe","topic":"hist"})).await;
     let sub = s.recv_type("subscribed").await;
@@ -387,6 +406,7 @@ async fn direct_messages_reach_an_agent_on_another_server_and_wait_while_it_is_o
     assert_eq!(alice.recv_type("ack").await["offset"], 1);
     dave.send(json!({"type":"send","to_agent":"carol","content":"second"})).await;
     assert_eq!(dave.recv_type("ack").await["offset"], 2);
+    wait_until_seen(&b, "@carol", 2).await;
     let mut carol = registered(&b, "carol").await;
     for (offset, content, from) in [(1, "first", "alice"), (2, "second", "dave")] {
         let m = carol.recv_type("message").await;
@@ -399,8 +419,19 @@ async fn direct_messages_reach_an_agent_on_another_server_and_wait_while_it_is_o
     }
     assert!(carol.try_recv(QUIET).await.is_none());
     drop(carol);
-    // Handed over once: registering again, on the other server, replays nothing; live
-    // messages then arrive there.
+    // Handed over once: once the inbox position is stored and has reached the other
+    // server (the feed is ordered: a later message there proves it), registering again
+    // there replays nothing; live messages then arrive there.
+    let deadline = Instant::now() + TIMEOUT;
+    while redis_command::<Option<u64>>(redis.port, redis::cmd("HGET").arg("agentbus:cursors").arg("carol"))
+        .unwrap()
+        .is_none_or(|c| c < 2)
+    {
+        assert!(Instant::now() < deadline, "carol's inbox position was never stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(registered(&b, "marker").await.publish("marker", json!(1)).await["offset"], 1);
+    wait_until_seen(&a, "marker", 1).await;
     let mut carol = registered(&a, "carol").await;
     assert!(carol.try_recv(QUIET).await.is_none(), "offline messages are handed over once, bus-wide");
     alice.send(json!({"type":"send","to_agent":"carol","content":"third"})).await;
@@ -659,7 +690,6 @@ async fn the_bench_spreads_its_connections_over_the_servers_of_a_bus_and_loses_n
         assert!(r["acked"].as_u64().unwrap() > 0, "{args:?}: {r}");
         assert_eq!((r["loss"].as_u64(), r["offset_gaps"].as_u64()), (Some(0), Some(0)), "{args:?}: {r}");
     }
-    // Published on one server, replayed from the other.
     let r = bench_bus(&urls, &["durable", "--replay", "500"]).await;
     assert_eq!((r["replayed"].as_u64(), r["replay_missing"].as_u64()), (Some(500), Some(0)), "{r}");
     let r = bench_bus(&urls, &["request", "--requesters", "3"]).await;
