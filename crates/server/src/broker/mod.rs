@@ -7,8 +7,10 @@
 //! comes back once committed; only then is it fanned out to subscribers' outboxes
 //! (`try`-pushes that never wait) and acknowledged.
 
+mod command;
 mod state;
 pub mod task;
 
-pub use state::{Ack, Broker, BrokerOptions, Command, ConnId, Origin, Pending, Publish, Reply, Stats};
+pub use command::{Ack, BrokerOptions, Command, ConnId, Origin, Publish, Reply, Stats};
+pub use state::{Broker, Pending};
 pub use task::BrokerHandle;

@@ -2,7 +2,8 @@
 
 use tokio::sync::mpsc;
 
-use super::state::{Broker, Command, Pending};
+use super::command::Command;
+use super::state::{Broker, Pending};
 use crate::store::writer::{FromWriter, ToWriter};
 
 /// Commands that may wait for the broker. When full, senders wait: a flood from one
