@@ -8,9 +8,11 @@ use std::time::Duration;
 use agentbus_protocol::AgentPresence;
 use tokio::sync::{oneshot, watch};
 
+use crate::broker::task::BrokerGone;
 use crate::broker::{BrokerHandle, Command};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
+use crate::store::StoreError;
 use crate::store::redis::{FeedHandlers, FeedItem, RedisStore, follow_feed};
 
 /// Waits between attempts to reach Redis when the feed cannot start.
@@ -93,18 +95,29 @@ fn share_presence(config: &RedisConfig, node: &str, broker: &BrokerHandle, shutd
     }
 }
 
-fn exchange_presence(store: &RedisStore, node: &str, broker: &BrokerHandle) -> Result<(), String> {
+/// Why one exchange of presence did not happen (it is tried again shortly).
+#[derive(Debug, thiserror::Error)]
+enum PresenceError {
+    #[error(transparent)]
+    Broker(#[from] BrokerGone),
+    #[error("the broker did not answer")]
+    NoAnswer(#[from] oneshot::error::RecvError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot encode the agents: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+fn exchange_presence(store: &RedisStore, node: &str, broker: &BrokerHandle) -> Result<(), PresenceError> {
     let (tx, rx) = oneshot::channel();
-    broker.blocking_send(Command::LocalPresence { reply: tx }).map_err(|e| e.to_string())?;
-    let local = rx.blocking_recv().map_err(|e| e.to_string())?;
-    let json = serde_json::to_string(&local).map_err(|e| e.to_string())?;
-    store.put_presence(node, &json, PRESENCE_TTL).map_err(|e| e.to_string())?;
+    broker.blocking_send(Command::LocalPresence { reply: tx })?;
+    let local = rx.blocking_recv()?;
+    store.put_presence(node, &serde_json::to_string(&local)?, PRESENCE_TTL)?;
     let others: Vec<AgentPresence> = store
-        .other_presence(node)
-        .map_err(|e| e.to_string())?
+        .other_presence(node)?
         .iter()
         .filter_map(|j| serde_json::from_str::<Vec<AgentPresence>>(j).ok())
         .flatten()
         .collect();
-    broker.blocking_send(Command::RemotePresence(others)).map_err(|e| e.to_string())
+    Ok(broker.blocking_send(Command::RemotePresence(others))?)
 }
