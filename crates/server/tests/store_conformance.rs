@@ -171,7 +171,16 @@ fn topic(name: &str) -> TopicName {
     TopicName::new(name).unwrap()
 }
 
+/// Appends `msgs` and, as the writer does when it is idle, flushes them into place (for
+/// search and trimming). A failed flush refuses the next append.
 fn append(store: &dyn Store, msgs: &[Msg]) -> Result<(), StoreError> {
+    append_only(store, msgs)?;
+    let _ = store.flush();
+    Ok(())
+}
+
+/// Appends `msgs` without flushing.
+fn append_only(store: &dyn Store, msgs: &[Msg]) -> Result<(), StoreError> {
     let records: Vec<Record<'_>> = msgs.iter().map(Msg::record).collect();
     store.append(&records, &[])
 }
@@ -929,6 +938,117 @@ mod sqlite_only {
         conn.execute_batch("CREATE TABLE other (x)").unwrap();
         drop(conn);
         open_error(SqliteStore::open(dir.path(), &StoreConfig::default()));
+    }
+
+    /// What every read says of a store holding "a" 1..=3 (with client ids "c1", "c3"),
+    /// "b" 1..=2 and bob's inbox at 5.
+    fn assert_reads(store: &SqliteStore) {
+        assert_eq!(offsets(&store.read_range(&topic("a"), 0, 10, 10).unwrap()), [1, 2, 3]);
+        assert_eq!(offsets(&store.read_range(&topic("a"), 1, 10, 1).unwrap()), [2]);
+        assert_eq!(offsets(&store.read_before(&topic("a"), u64::MAX, 2).unwrap()), [2, 3]);
+        assert_eq!(offsets(&store.read_before(&topic("b"), 2, 10).unwrap()), [1]);
+        let mut topics: Vec<(String, u64, u64)> = store
+            .topics()
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.topic.as_str().to_owned(), t.first_offset, t.last_offset))
+            .collect();
+        topics.sort();
+        assert_eq!(topics, [("a".to_owned(), 1, 3), ("b".to_owned(), 1, 2)]);
+        assert_eq!((store.first_offset(&topic("b")).unwrap(), store.last_offset(&topic("b")).unwrap()), (1, 2));
+        let ids: Vec<String> = store.recent_ids(10).unwrap().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, ["c3", "c1"]);
+        assert_eq!(sorted_cursors(store), [("bob".to_owned(), 5)]);
+    }
+
+    fn fill(store: &SqliteStore) {
+        append(store, &[Msg::text("a", 1, "one").client_id("c1"), Msg::text("b", 1, "b one")]).unwrap();
+        append_only(store, &[Msg::text("a", 2, "two"), Msg::text("b", 2, "b two")]).unwrap();
+        append_only(store, &[Msg::text("a", 3, "three").client_id("c3")]).unwrap();
+        store.append(&[], &[Cursor { agent: "bob".into(), offset: 5 }]).unwrap();
+    }
+
+    /// An appended batch is acknowledged once journaled; reads find it at once, before
+    /// and after it moves into the tables, and never twice.
+    #[test]
+    fn journaled_batches_are_read_before_and_after_they_move_into_the_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        fill(&store);
+        assert!(store.has_unflushed());
+        assert_reads(&store);
+        // Offsets continue the journaled ones.
+        assert!(matches!(append_only(&store, &numbered("a", 3, 3)), Err(StoreError::OutOfOrder { last: 3, .. })));
+        store.flush().unwrap();
+        assert!(!store.has_unflushed());
+        assert_reads(&store);
+        assert_eq!(hit_offsets(&search(&store, "three")), [3]);
+    }
+
+    /// A crash leaves acknowledged batches in the journal only: the next start moves them
+    /// into the tables before anything else.
+    #[test]
+    fn a_crash_before_the_journal_moved_into_the_tables_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        fill(&store);
+        // The files as a crash would leave them (the store is still open).
+        for name in ["agentbus.db", "agentbus.db-wal", "agentbus.journal"] {
+            std::fs::copy(dir.path().join(name), crashed.path().join(name)).unwrap();
+        }
+        assert!(std::fs::metadata(crashed.path().join("agentbus.journal")).unwrap().len() > 100);
+        let recovered = open(crashed.path());
+        assert!(!recovered.has_unflushed(), "the journal was moved into the tables at start");
+        assert_reads(&recovered);
+        assert_eq!(hit_offsets(&search(&recovered, "three")), [3]);
+        append(&recovered, &numbered("a", 4, 4)).unwrap();
+        assert_eq!(offsets(&recovered.read_range(&topic("a"), 0, 10, 10).unwrap()), [1, 2, 3, 4]);
+        // Reopened once more: nothing is applied twice.
+        drop(recovered);
+        let again = open(crashed.path());
+        assert_eq!(offsets(&again.read_range(&topic("a"), 0, 10, 10).unwrap()), [1, 2, 3, 4]);
+    }
+
+    /// After a power loss with `sync = "normal"` the tables may have lost their last
+    /// commits but not the journal written after them: what follows the gap is dropped,
+    /// and offsets continue from what the tables kept.
+    #[test]
+    fn journaled_messages_after_a_gap_in_the_tables_are_dropped_and_offsets_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&store, &numbered("a", 1, 1)).unwrap();
+        for name in ["agentbus.db", "agentbus.db-wal"] {
+            std::fs::copy(dir.path().join(name), crashed.path().join(name)).unwrap();
+        }
+        append(&store, &numbered("a", 2, 2)).unwrap();
+        append_only(&store, &[Msg::text("a", 3, "three"), Msg::text("b", 1, "b one")]).unwrap();
+        std::fs::copy(dir.path().join("agentbus.journal"), crashed.path().join("agentbus.journal")).unwrap();
+        let recovered = open(crashed.path());
+        assert_eq!(offsets(&recovered.read_range(&topic("a"), 0, 10, 10).unwrap()), [1]);
+        assert_eq!(offsets(&recovered.read_range(&topic("b"), 0, 10, 10).unwrap()), [1]);
+        append(&recovered, &numbered("a", 2, 2)).unwrap();
+        assert_eq!(recovered.last_offset(&topic("a")).unwrap(), 2);
+    }
+
+    /// A journal left by another store (a data folder put back together by hand) is set
+    /// aside, never applied.
+    #[test]
+    fn a_journal_of_another_store_is_set_aside() {
+        let one = tempfile::tempdir().unwrap();
+        let two = tempfile::tempdir().unwrap();
+        let store = open(one.path());
+        fill(&store);
+        drop(open(two.path()));
+        std::fs::copy(one.path().join("agentbus.journal"), two.path().join("agentbus.journal")).unwrap();
+        let other = open(two.path());
+        assert!(other.topics().unwrap().is_empty());
+        let aside = std::fs::read_dir(two.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("agentbus.journal.foreign-"));
+        assert!(aside, "the foreign journal is kept aside");
     }
 
     #[test]

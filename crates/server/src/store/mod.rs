@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod indexer;
+pub mod journal;
 pub mod memory;
 pub mod redis;
 pub mod search;
@@ -211,6 +212,17 @@ pub trait Store: Send + Sync + 'static {
     /// returns how many were removed. Called from the writer thread between batches.
     fn trim(&self, retention: &dyn Fn(&TopicName) -> Retention, now_ms: i64, budget: usize) -> Result<u64, StoreError>;
 
+    /// Whether appended batches wait to be moved into place (see [`Store::flush`]).
+    fn has_unflushed(&self) -> bool {
+        false
+    }
+
+    /// Moves what [`Store::append`] journaled into place (the SQLite store's tables, where
+    /// search and trimming see it). Called by the writer thread when it is idle.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Background upkeep between batches (for example indexing for search), at most
     /// `budget` rows; returns how many rows it handled.
     fn maintain(&self, _budget: usize) -> Result<u64, StoreError> {
@@ -223,10 +235,15 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// A new epoch: unique per history (the moment it began, in milliseconds, base 36).
+/// A new epoch: unique per history (the moment it began, in milliseconds, base 36; one
+/// process never gives the same one twice, even within a millisecond).
 pub fn new_epoch() -> String {
-    let ms =
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let previous = LAST.fetch_max(now, Ordering::Relaxed);
+    let ms = if previous >= now { LAST.fetch_add(1, Ordering::Relaxed) + 1 } else { now };
     let mut n = ms;
     let mut out = Vec::new();
     while n > 0 {

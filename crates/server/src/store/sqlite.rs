@@ -1,11 +1,16 @@
 //! The SQLite store: the embedded default.
 //!
-//! One file, `<data>/agentbus.db`, in WAL mode. The writer thread owns one connection:
-//! it appends each group of batches in one transaction and trims history between
-//! batches. A thread of its own checkpoints the log ([`super::checkpoint`]). The search
-//! index lives in a second file ([`super::search`]), filled behind the commits. Reads
-//! take a connection from a small pool, so replay, history and search run alongside
-//! commits.
+//! One file, `<data>/agentbus.db`, in WAL mode. The writer thread stores each group of
+//! batches in one transaction, except small groups: a commit rewrites whole pages (of the
+//! table and of each topic's index), so a small group is acknowledged once it is in the
+//! journal ([`super::journal`]), one write of about its own size. The writer moves
+//! journaled batches into the tables in large transactions behind the acks (with the
+//! next large group, when [`INGEST_RECORDS`] messages or [`INGEST_BYTES`] wait, when it
+//! is idle, and every second), and trims history between batches. Until then reads take
+//! the journaled messages from memory, so every acknowledged message is readable at once.
+//! A thread of its own checkpoints the log ([`super::checkpoint`]). The search index lives in a
+//! second file ([`super::search`]), filled behind the commits. Reads take a connection
+//! from a small pool, so replay, history and search run alongside commits.
 //!
 //! Schema, version [`SCHEMA_VERSION`] (kept in `PRAGMA user_version`):
 //!
@@ -33,7 +38,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use agentbus_protocol::TopicName;
@@ -44,6 +49,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::config::{StoreConfig, SyncMode};
 
 use super::checkpoint::Checkpointer;
+use super::journal::{Journal, JournalError, JournaledBatch};
 use super::search::{self, SearchIndex};
 use super::{Cursor, KnownId, Record, Retention, SearchQuery, Store, StoreError, Stored, StoredHit, TopicState};
 
@@ -68,6 +74,17 @@ const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// Page cache of the write connection, in KiB (trimming touches pages all over the table).
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
+
+/// Batches of at least this many messages go straight into the tables: their commit
+/// writes pages they mostly fill themselves. Smaller ones are journaled.
+pub const DIRECT_RECORDS: usize = 256;
+
+/// Journaled messages that make the writer move the journal into the tables.
+pub const INGEST_RECORDS: usize = 4096;
+
+/// Journaled frame bytes that make the writer move the journal into the tables (with a
+/// size cap, at most a sixteenth of it).
+pub const INGEST_BYTES: usize = 4 << 20;
 
 /// Most query words used in a search (the rest are ignored).
 const MAX_SEARCH_WORDS: usize = 32;
@@ -184,6 +201,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The write connection and what it remembers, used by the writer thread only.
     writer: Mutex<Writer>,
+    /// Acknowledged batches not yet in the tables, oldest first.
+    journaled: Mutex<Journaled>,
     /// The search index file.
     search_path: PathBuf,
     /// The search index, filled by [`Store::maintain`].
@@ -208,12 +227,74 @@ struct TopicRow {
 struct Writer {
     /// The only connection that writes.
     conn: Connection,
-    /// Every topic, by name.
+    /// Every topic in the tables, by name.
     topics: HashMap<TopicName, TopicRow>,
     /// The `seq` of the next message.
     next_seq: i64,
     /// This store's id (see `meta`).
     store_id: String,
+    /// The journal file.
+    journal: Option<Journal>,
+    /// The newest journaled offset of each topic with journaled messages.
+    latest: HashMap<TopicName, u64>,
+    /// Why the last move into the tables failed, while it keeps failing: appends are
+    /// refused (what is journaled stays journaled and readable).
+    refusing: Option<Refusal>,
+    /// [`INGEST_BYTES`], or less under a size cap.
+    ingest_bytes: usize,
+}
+
+/// Why appends are refused.
+#[derive(Debug, Clone)]
+enum Refusal {
+    Full(String),
+    Database(String),
+}
+
+impl Refusal {
+    fn of(e: &StoreError) -> Refusal {
+        match e {
+            StoreError::Full(m) => Refusal::Full(m.clone()),
+            other => Refusal::Database(other.to_string()),
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        match self {
+            Refusal::Full(m) => StoreError::Full(m.clone()),
+            Refusal::Database(m) => StoreError::Database(m.clone()),
+        }
+    }
+}
+
+/// Journaled batches not yet in the tables, shared by the writer and the readers.
+#[derive(Debug, Default)]
+struct Journaled {
+    /// The batches, oldest first.
+    batches: Vec<Arc<JournaledBatch>>,
+    /// Their messages.
+    records: usize,
+    /// Their frames' bytes.
+    bytes: usize,
+}
+
+impl Journaled {
+    /// The journaled messages of `topic` whose offsets `keep` accepts, oldest first.
+    fn of(&self, topic: &TopicName, keep: impl Fn(u64) -> bool) -> Vec<Stored> {
+        self.batches
+            .iter()
+            .flat_map(|b| &b.records)
+            .filter(|r| &r.topic == topic && keep(r.offset))
+            .map(|r| Stored { offset: r.offset, frame: r.frame.clone() })
+            .collect()
+    }
+
+    /// The oldest and newest journaled offsets of `topic`.
+    fn bounds(&self, topic: &TopicName) -> Option<(u64, u64)> {
+        let mut offsets = self.batches.iter().flat_map(|b| &b.records).filter(|r| &r.topic == topic).map(|r| r.offset);
+        let first = offsets.next()?;
+        Some((first, offsets.last().unwrap_or(first)))
+    }
 }
 
 impl SqliteStore {
@@ -224,24 +305,134 @@ impl SqliteStore {
             .map_err(|e| open_error(&path, &format!("cannot create the folder {}: {e}", data_dir.display())))?;
         let fail = |e: rusqlite::Error| open_error(&path, &e.to_string());
         let mut writer = Writer::open(&path, config).map_err(fail)?;
+        let found = writer.open_journal(data_dir, config)?;
         let checkpointer = Checkpointer::start(&path).map_err(fail)?;
         writer.conn.wal_hook(Some(checkpointer.hook())).map_err(fail)?;
         let search_path = search::index_path(data_dir);
         let index = SearchIndex::open(data_dir, &path, &writer.store_id, writer.next_seq - 1)
             .map_err(|e| open_error(&search_path, &e.to_string()))?;
         let reader = open_reader(&path, &search_path).map_err(fail)?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             path,
             writer: Mutex::new(writer),
+            journaled: Mutex::new(Journaled::default()),
             search_path,
             search: Mutex::new(index),
             readers: Mutex::new(vec![reader]),
             checkpointer,
-        })
+        };
+        if !found.is_empty() {
+            let mut writer = store.writer();
+            store.recover(&mut writer, found);
+            // A full database starts refusing writes (trimming may make room); any other
+            // failure stops the start.
+            if let Some(Refusal::Database(e)) = &writer.refusing {
+                return Err(open_error(&writer.journal_path(data_dir), &format!("cannot apply the journal: {e}")));
+            }
+        }
+        Ok(store)
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn journaled(&self) -> MutexGuard<'_, Journaled> {
+        self.journaled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the batches a journal held when the store opened and moves them into the
+    /// tables: each topic's messages that continue its stored offsets. The tables may
+    /// already hold some (a crash after a move, before the journal was emptied). With
+    /// `sync = "normal"` a power loss may also have lost the last commits of the tables
+    /// but not the journal written after them: the messages after such a gap cannot keep
+    /// their offsets and are dropped, with a warning, as the lost commits were.
+    fn recover(&self, writer: &mut Writer, found: Vec<JournaledBatch>) {
+        let mut next: HashMap<TopicName, u64> = HashMap::new();
+        let (mut kept, mut dropped) = (0usize, 0usize);
+        for mut batch in found {
+            batch.records.retain(|r| {
+                let expected = next
+                    .entry(r.topic.clone())
+                    .or_insert_with(|| writer.topics.get(&r.topic).map_or(0, |t| t.last).saturating_add(1));
+                if r.offset < *expected {
+                    return false;
+                }
+                if r.offset > *expected {
+                    dropped += 1;
+                    return false;
+                }
+                *expected += 1;
+                true
+            });
+            kept += batch.records.len();
+            self.track(writer, Arc::new(batch));
+        }
+        if dropped > 0 {
+            tracing::warn!(dropped, "journaled messages after a gap in their topic's stored offsets were dropped");
+        }
+        tracing::info!(messages = kept, "moving the journal into the tables");
+        self.ingest(writer);
+    }
+
+    /// Adds a journaled batch to what reads see and to the offsets appends continue.
+    fn track(&self, writer: &mut Writer, batch: Arc<JournaledBatch>) {
+        for r in &batch.records {
+            writer.latest.insert(r.topic.clone(), r.offset);
+        }
+        let mut journaled = self.journaled();
+        journaled.records += batch.records.len();
+        journaled.bytes += batch.frame_bytes();
+        journaled.batches.push(batch);
+    }
+
+    /// Moves every journaled batch into the tables in one transaction, then empties the
+    /// journal. On failure the batches stay journaled (and readable) and appends are
+    /// refused until a later attempt succeeds.
+    fn ingest(&self, writer: &mut Writer) {
+        let _ = self.ingest_with(writer, &[], &[]);
+    }
+
+    /// [`SqliteStore::ingest`], with a batch that was not journaled after the journaled
+    /// ones in the same transaction. Fails if that transaction fails.
+    fn ingest_with(&self, writer: &mut Writer, records: &[Record<'_>], cursors: &[Cursor]) -> Result<(), StoreError> {
+        let batches = self.journaled().batches.clone();
+        if batches.is_empty() && records.is_empty() && cursors.is_empty() {
+            writer.refusing = None;
+            return Ok(());
+        }
+        let mut all: Vec<Record<'_>> = batches.iter().flat_map(|b| b.records.iter().map(|r| r.record())).collect();
+        all.extend_from_slice(records);
+        let mut all_cursors: Vec<Cursor> = batches.iter().flat_map(|b| b.cursors.iter().cloned()).collect();
+        all_cursors.extend_from_slice(cursors);
+        if let Err(e) = writer.store(&all, &all_cursors) {
+            if !batches.is_empty() {
+                if writer.refusing.is_none() {
+                    let messages = all.len();
+                    tracing::error!(error = %e, messages, "cannot move the journal into the tables; refusing writes");
+                }
+                writer.refusing = Some(Refusal::of(&e));
+            }
+            return Err(e);
+        }
+        writer.refusing = None;
+        if !batches.is_empty() {
+            {
+                let mut journaled = self.journaled();
+                journaled.batches.drain(..batches.len());
+                journaled.records = journaled.batches.iter().map(|b| b.records.len()).sum();
+                journaled.bytes = journaled.batches.iter().map(|b| b.frame_bytes()).sum();
+            }
+            // Only this thread journals: everything journaled is now in the tables.
+            writer.latest.clear();
+            if let Some(journal) = writer.journal.as_mut()
+                && let Err(e) = journal.clear()
+            {
+                tracing::warn!(error = %e, "cannot empty the journal (what it holds is skipped when it is read)");
+            }
+        }
+        self.checkpointer.restart_if_due(&writer.conn);
+        Ok(())
     }
 
     fn search_index(&self) -> MutexGuard<'_, SearchIndex> {
@@ -293,12 +484,57 @@ impl Writer {
         limit_size(&conn, config.max_size_bytes)?;
         let topics = load_topics(&conn)?;
         let (store_id, next_seq) = load_meta(&conn)?;
-        Ok(Writer { conn, topics, next_seq, store_id })
+        let ingest_bytes = match config.max_size_bytes {
+            0 => INGEST_BYTES,
+            cap => usize::try_from(cap / 16).unwrap_or(INGEST_BYTES).clamp(4096, INGEST_BYTES),
+        };
+        Ok(Writer {
+            conn,
+            topics,
+            next_seq,
+            store_id,
+            journal: None,
+            latest: HashMap::new(),
+            refusing: None,
+            ingest_bytes,
+        })
+    }
+
+    /// Opens the journal of this store and returns the batches it holds. A journal of
+    /// another store is moved aside (with a warning) and a new one started.
+    fn open_journal(&mut self, data_dir: &Path, config: &StoreConfig) -> Result<Vec<JournaledBatch>, StoreError> {
+        let sync = config.sync == SyncMode::Full;
+        let fail = |e: JournalError| open_error(&self.journal_path(data_dir), &e.to_string());
+        let (journal, found) = match Journal::open(data_dir, &self.store_id, sync) {
+            Err(e @ JournalError::Foreign { .. }) => {
+                let suffix = format!("foreign-{}", super::new_epoch());
+                let aside = Journal::set_aside(data_dir, &suffix)
+                    .map_err(|io| open_error(&self.journal_path(data_dir), &io.to_string()))?;
+                tracing::warn!(reason = %e, moved_to = %aside.display(), "a journal of another store was set aside");
+                Journal::open(data_dir, &self.store_id, sync).map_err(fail)?
+            }
+            other => other.map_err(fail)?,
+        };
+        self.journal = Some(journal);
+        Ok(found)
+    }
+
+    fn journal_path(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join(super::journal::JOURNAL_FILE)
+    }
+
+    /// Journals a batch (its offsets must continue the journaled ones).
+    fn journal_batch(&mut self, records: &[Record<'_>], cursors: &[Cursor]) -> Result<(), StoreError> {
+        check_offsets(&self.topics, &self.latest, records)?;
+        match self.journal.as_mut() {
+            Some(journal) => journal.append(records, cursors).map_err(io_error),
+            None => Err(StoreError::Database("the journal is not open".into())),
+        }
     }
 
     /// Stores a batch in one transaction; the in-memory state changes only if it commits.
-    fn append(&mut self, records: &[Record<'_>], cursors: &[Cursor]) -> Result<(), StoreError> {
-        check_offsets(&self.topics, records)?;
+    fn store(&mut self, records: &[Record<'_>], cursors: &[Cursor]) -> Result<(), StoreError> {
+        check_offsets(&self.topics, &HashMap::new(), records)?;
         let tx = self.conn.transaction().map_err(db_error)?;
         let (touched, next_seq) = insert_records(&tx, &self.topics, self.next_seq, records)?;
         upsert_cursors(&tx, cursors).map_err(db_error)?;
@@ -342,11 +578,16 @@ impl Writer {
     }
 }
 
-/// Refuses a batch whose offsets do not continue each topic's sequence.
-fn check_offsets(topics: &HashMap<TopicName, TopicRow>, records: &[Record<'_>]) -> Result<(), StoreError> {
+/// Refuses a batch whose offsets do not continue each topic's sequence (its journaled
+/// offsets in `latest`, else those in the tables).
+fn check_offsets(
+    topics: &HashMap<TopicName, TopicRow>,
+    latest: &HashMap<TopicName, u64>,
+    records: &[Record<'_>],
+) -> Result<(), StoreError> {
     let mut next: HashMap<&TopicName, u64> = HashMap::new();
     for r in records {
-        let last = match next.get(r.topic) {
+        let last = match next.get(r.topic).or_else(|| latest.get(r.topic)) {
             Some(&o) => o,
             None => topics.get(r.topic).map_or(0, |t| t.last),
         };
@@ -617,6 +858,16 @@ fn sql_count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Maps a failed journal write: a full disk is [`StoreError::Full`].
+fn io_error(e: std::io::Error) -> StoreError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            StoreError::Full(format!("cannot write the journal: {e}"))
+        }
+        _ => StoreError::Database(format!("cannot write the journal: {e}")),
+    }
+}
+
 /// Maps a database error: a full database or disk is [`StoreError::Full`].
 fn db_error(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
@@ -644,38 +895,82 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut writer = self.writer();
-        writer.append(records, cursors)?;
-        self.checkpointer.restart_if_due(&writer.conn);
+        if writer.refusing.is_some() {
+            self.ingest(&mut writer);
+            if let Some(r) = &writer.refusing {
+                return Err(r.error());
+            }
+        }
+        if records.len() >= DIRECT_RECORDS {
+            // A large batch fills its pages by itself: straight into the tables, after
+            // whatever is journaled.
+            return self.ingest_with(&mut writer, records, cursors);
+        }
+        writer.journal_batch(records, cursors)?;
+        self.track(&mut writer, Arc::new(JournaledBatch::new(records, cursors)));
+        let due = {
+            let journaled = self.journaled();
+            journaled.records >= INGEST_RECORDS || journaled.bytes >= writer.ingest_bytes
+        };
+        if due {
+            // The batch is journaled: it is acknowledged even if this fails.
+            self.ingest(&mut writer);
+        }
         Ok(())
     }
+
+    fn has_unflushed(&self) -> bool {
+        !self.journaled().batches.is_empty()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        self.ingest(&mut writer);
+        writer.refusing.as_ref().map_or(Ok(()), |r| Err(r.error()))
+    }
+
+    // Reads take the journaled messages before the tables: a batch moved into the tables
+    // in between is then found twice (and kept once), never missed.
 
     fn read_range(&self, topic: &TopicName, after: u64, upto: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
         if limit == 0 || after >= upto {
             return Ok(Vec::new());
         }
-        self.read(|conn| {
+        let journaled = self.journaled().of(topic, |o| o > after && o <= upto);
+        let mut rows = self.read(|conn| {
             let mut stmt = conn.prepare_cached(READ_RANGE)?;
             let rows =
                 stmt.query_map(params![topic.as_str(), sql_bound(after), sql_bound(upto), sql_count(limit)], stored)?;
-            rows.collect()
-        })
+            rows.collect::<rusqlite::Result<Vec<Stored>>>()
+        })?;
+        append_newer(&mut rows, journaled);
+        rows.truncate(limit);
+        Ok(rows)
     }
 
     fn read_before(&self, topic: &TopicName, before: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut newest_first = self.read(|conn| {
+        let journaled = self.journaled().of(topic, |o| o < before);
+        let mut rows = self.read(|conn| {
             let mut stmt = conn.prepare_cached(READ_BEFORE)?;
             let rows = stmt.query_map(params![topic.as_str(), sql_bound(before), sql_count(limit)], stored)?;
             rows.collect::<rusqlite::Result<Vec<Stored>>>()
         })?;
-        newest_first.reverse();
-        Ok(newest_first)
+        rows.reverse();
+        append_newer(&mut rows, journaled);
+        let extra = rows.len().saturating_sub(limit);
+        rows.drain(..extra);
+        Ok(rows)
     }
 
     fn topics(&self) -> Result<Vec<TopicState>, StoreError> {
-        self.read(|conn| {
+        let journaled: Vec<(TopicName, String, u64)> = {
+            let j = self.journaled();
+            j.batches.iter().flat_map(|b| &b.records).map(|r| (r.topic.clone(), r.epoch.clone(), r.offset)).collect()
+        };
+        let mut states = self.read(|conn| {
             let mut stmt = conn.prepare_cached(TOPICS)?;
             let rows = stmt.query_map([], |r| {
                 Ok(TopicState {
@@ -685,44 +980,86 @@ impl Store for SqliteStore {
                     first_offset: get_opt_u64(r, 3)?.unwrap_or(0),
                 })
             })?;
-            rows.collect()
-        })
+            rows.collect::<rusqlite::Result<Vec<TopicState>>>()
+        })?;
+        let mut index: HashMap<TopicName, usize> =
+            states.iter().enumerate().map(|(i, s)| (s.topic.clone(), i)).collect();
+        for (topic, epoch, offset) in journaled {
+            let i = *index.entry(topic.clone()).or_insert_with(|| {
+                states.push(TopicState { topic, epoch, first_offset: 0, last_offset: 0 });
+                states.len() - 1
+            });
+            let state = &mut states[i];
+            if state.first_offset == 0 {
+                state.first_offset = offset;
+            }
+            state.last_offset = state.last_offset.max(offset);
+        }
+        Ok(states)
     }
 
     fn first_offset(&self, topic: &TopicName) -> Result<u64, StoreError> {
-        self.read(|conn| {
-            let first = conn.prepare_cached(FIRST_OFFSET)?.query_row([topic.as_str()], |r| get_opt_u64(r, 0))?;
-            Ok(first.unwrap_or(0))
-        })
+        let journaled = self.journaled().bounds(topic);
+        let first =
+            self.read(|conn| conn.prepare_cached(FIRST_OFFSET)?.query_row([topic.as_str()], |r| get_opt_u64(r, 0)))?;
+        Ok(first.or(journaled.map(|(first, _)| first)).unwrap_or(0))
     }
 
     fn last_offset(&self, topic: &TopicName) -> Result<u64, StoreError> {
-        self.read(|conn| {
+        let journaled = self.journaled().bounds(topic).map_or(0, |(_, last)| last);
+        let last = self.read(|conn| {
             let mut stmt = conn.prepare_cached(LAST_OFFSET)?;
             let mut rows = stmt.query([topic.as_str()])?;
             match rows.next()? {
                 Some(row) => get_u64(row, 0),
                 None => Ok(0),
             }
-        })
+        })?;
+        Ok(last.max(journaled))
     }
 
     fn recent_ids(&self, limit: usize) -> Result<Vec<KnownId>, StoreError> {
-        self.read(|conn| {
+        let mut ids: Vec<KnownId> = {
+            let j = self.journaled();
+            j.batches
+                .iter()
+                .rev()
+                .flat_map(|b| b.records.iter().rev())
+                .filter(|r| r.client_id)
+                .take(limit)
+                .map(|r| KnownId { id: r.id.clone(), topic: r.topic.clone(), offset: r.offset })
+                .collect()
+        };
+        let stored = self.read(|conn| {
             let mut stmt = conn.prepare_cached(RECENT_IDS)?;
             let rows = stmt.query_map([sql_count(limit)], |r| {
                 Ok(KnownId { id: r.get(0)?, topic: topic_name(r, 1)?, offset: get_u64(r, 2)? })
             })?;
-            rows.collect()
-        })
+            rows.collect::<rusqlite::Result<Vec<KnownId>>>()
+        })?;
+        for known in stored {
+            if !ids.iter().any(|k| k.topic == known.topic && k.offset == known.offset) {
+                ids.push(known);
+            }
+        }
+        ids.truncate(limit);
+        Ok(ids)
     }
 
     fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
-        self.read(|conn| {
+        let journaled: Vec<Cursor> = self.journaled().batches.iter().flat_map(|b| b.cursors.iter().cloned()).collect();
+        let mut cursors = self.read(|conn| {
             let mut stmt = conn.prepare_cached(CURSORS)?;
             let rows = stmt.query_map([], |r| Ok(Cursor { agent: r.get(0)?, offset: get_u64(r, 1)? }))?;
-            rows.collect()
-        })
+            rows.collect::<rusqlite::Result<Vec<Cursor>>>()
+        })?;
+        for c in journaled {
+            match cursors.iter_mut().find(|k| k.agent == c.agent) {
+                Some(k) => k.offset = k.offset.max(c.offset),
+                None => cursors.push(c),
+            }
+        }
+        Ok(cursors)
     }
 
     fn search(&self, query: &SearchQuery) -> Result<Vec<StoredHit>, StoreError> {
@@ -750,7 +1087,14 @@ impl Store for SqliteStore {
         if budget == 0 {
             return Ok(0);
         }
-        self.writer().trim(retention, now_ms, budget).map_err(db_error)
+        let mut writer = self.writer();
+        self.ingest(&mut writer);
+        let removed = writer.trim(retention, now_ms, budget).map_err(db_error)?;
+        if removed > 0 && writer.refusing.is_some() {
+            // The room freed may be what the journal needed.
+            self.ingest(&mut writer);
+        }
+        Ok(removed)
     }
 
     fn maintain(&self, budget: usize) -> Result<u64, StoreError> {
@@ -763,6 +1107,20 @@ impl Store for SqliteStore {
     fn ready(&self) -> bool {
         self.read(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).is_ok()
     }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let mut writer = self.writer();
+        self.ingest(&mut writer);
+    }
+}
+
+/// Appends to `rows` (oldest first) the journaled messages newer than its newest: those
+/// not also found in the tables.
+fn append_newer(rows: &mut Vec<Stored>, journaled: Vec<Stored>) {
+    let newest = rows.last().map_or(0, |r| r.offset);
+    rows.extend(journaled.into_iter().filter(|r| r.offset > newest));
 }
 
 #[cfg(test)]

@@ -9,11 +9,13 @@
 //! offsets, sends [`ToWriter::Resume`]: so no offset is ever skipped or reused.
 //!
 //! After each commit it wakes the search indexer ([`super::indexer`]), which runs on a
-//! thread of its own. On [`ToWriter::Tick`] (every second) it trims history beyond
+//! thread of its own. When the store journaled batches instead of committing them
+//! ([`Store::has_unflushed`]) and no work arrives for [`FLUSH_WHEN_IDLE`], it flushes
+//! them into place. On [`ToWriter::Tick`] (every second) it trims history beyond
 //! retention, [`TRIM_STEP`] rows at a time, looking at the queue between steps.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentbus_protocol::TopicName;
 use tokio::sync::mpsc;
@@ -30,6 +32,10 @@ pub const MAX_RECORDS_PER_COMMIT: usize = 8192;
 
 /// Rows trimmed per upkeep step, between two looks at the queue.
 pub const TRIM_STEP: usize = 500;
+
+/// How long the writer waits for more work before it flushes what the store journaled
+/// ([`Store::flush`]): under a steady stream the store flushes by itself in large steps.
+pub const FLUSH_WHEN_IDLE: Duration = Duration::from_millis(20);
 
 /// Something the writer stores: a message (a record) or a marker that only needs to
 /// travel in order with the messages (a duplicate's ack).
@@ -85,14 +91,37 @@ pub fn run<T: Writable>(
     indexer: IndexWaker,
 ) {
     let mut halted = false;
+    let mut flush_when_idle = true;
     let mut pending: Option<ToWriter<T>> = None;
+    // Only a timer for waiting with a timeout: the queue's futures run on it.
+    let timer = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    if let Err(e) = &timer {
+        tracing::warn!(error = %e, "no timer for the writer: journaled messages move into place every second only");
+    }
     loop {
         let first = match pending.take() {
             Some(m) => m,
-            None => match rx.blocking_recv() {
-                Some(m) => m,
-                None => return,
-            },
+            None => {
+                let next = match &timer {
+                    Ok(timer) if flush_when_idle && store.has_unflushed() => {
+                        match timer.block_on(async { tokio::time::timeout(FLUSH_WHEN_IDLE, rx.recv()).await }) {
+                            Ok(next) => next,
+                            Err(_) => {
+                                // After a failure, the next try is on the next tick.
+                                flush_when_idle = store.flush().is_ok();
+                                indexer.wake();
+                                continue;
+                            }
+                        }
+                    }
+                    _ => rx.blocking_recv(),
+                };
+                flush_when_idle = true;
+                match next {
+                    Some(m) => m,
+                    None => return,
+                }
+            }
         };
         let mut batches = match first {
             ToWriter::Batch(b) => vec![b],
