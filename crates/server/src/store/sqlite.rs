@@ -403,8 +403,14 @@ impl SqliteStore {
         }
         let mut all: Vec<Record<'_>> = batches.iter().flat_map(|b| b.records.iter().map(|r| r.record())).collect();
         all.extend_from_slice(records);
-        let mut all_cursors: Vec<Cursor> = batches.iter().flat_map(|b| b.cursors.iter().cloned()).collect();
-        all_cursors.extend_from_slice(cursors);
+        // One row per agent: the batches move each inbox position forward many times.
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for c in batches.iter().flat_map(|b| &b.cursors).chain(cursors) {
+            let offset = newest.entry(&c.agent).or_default();
+            *offset = (*offset).max(c.offset);
+        }
+        let all_cursors: Vec<Cursor> =
+            newest.into_iter().map(|(agent, offset)| Cursor { agent: agent.to_owned(), offset }).collect();
         if let Err(e) = writer.store(&all, &all_cursors) {
             if !batches.is_empty() {
                 if writer.refusing.is_none() {
