@@ -184,6 +184,8 @@ pub struct Stats {
     pub topics: usize,
     /// Live subscriptions.
     pub subscriptions: usize,
+    /// Whether the store's writer is running (it stops only by a fault).
+    pub store_writer_running: bool,
 }
 
 /// Settings of the broker.

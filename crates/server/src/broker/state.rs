@@ -113,6 +113,8 @@ pub struct Broker {
     resume_needed: bool,
     /// Failures still arriving from before the rewind must not rewind again.
     awaiting_resume: bool,
+    /// The writer thread is gone: every write fails at once.
+    store_writer_stopped: bool,
     /// The server is shutting down: outboxes are closed as they open.
     closing: bool,
     /// Agents of the other servers sharing the store.
@@ -148,6 +150,7 @@ impl Broker {
             to_write: Vec::new(),
             resume_needed: false,
             awaiting_resume: false,
+            store_writer_stopped: false,
             closing: false,
             remote_presence: Vec::new(),
             metrics,
@@ -235,6 +238,7 @@ impl Broker {
                     agents: self.agents.len(),
                     topics: self.topics.len(),
                     subscriptions: self.conns.values().map(|c| c.topics.len()).sum(),
+                    store_writer_running: !self.store_writer_stopped,
                 };
                 let _ = reply.send(stats);
             }
@@ -447,11 +451,21 @@ impl Broker {
         });
     }
 
+    /// Records that the writer thread is gone; returns whether it was news.
+    pub fn writer_stopped(&mut self) -> bool {
+        !std::mem::replace(&mut self.store_writer_stopped, true)
+    }
+
     /// Work for the writer accumulated by the commands handled so far.
     pub fn take_write(&mut self) -> Option<ToWriter<Pending>> {
         if self.resume_needed {
             self.resume_needed = false;
             return Some(ToWriter::Resume);
+        }
+        if self.store_writer_stopped {
+            // Inbox positions cannot be stored any more (a refused batch would bring them
+            // back, again and again).
+            self.dirty_cursors.clear();
         }
         if self.to_write.is_empty() && self.dirty_cursors.is_empty() {
             return None;

@@ -2,8 +2,11 @@
 
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
 use super::command::Command;
 use super::state::{Broker, Pending};
+use crate::store::StoreError;
 use crate::store::writer::{FromWriter, ToWriter};
 
 /// Commands that may wait for the broker. When full, senders wait: a flood from one
@@ -93,6 +96,26 @@ pub async fn run(
     broker.close_all();
 }
 
+/// The writer thread is gone (only a fault stops it before the broker): nothing can be
+/// stored any more. Instead of leaving its senders waiting for acks that cannot come, the
+/// work fails as a failed commit does (an `internal` error to each sender, offsets handed
+/// out again), and so does every later send; `/readyz` reports the store not ready.
+fn refuse_without_writer(broker: &mut Broker, work: ToWriter<Pending>) {
+    if broker.writer_stopped() {
+        tracing::error!("the store writer stopped: every send fails until the server is restarted");
+    }
+    match work {
+        ToWriter::Batch(batch) => broker.on_writer(FromWriter::Done {
+            batches: vec![batch],
+            result: Err(Arc::new(StoreError::Database("the store writer stopped".into()))),
+            records: 0,
+            assigned: None,
+        }),
+        ToWriter::Resume => broker.on_writer(FromWriter::Resumed),
+        ToWriter::Tick => {}
+    }
+}
+
 /// Waits for room in the writer's queue while still handling its reports: the writer
 /// may itself be waiting for room in the report channel, and the two bounded queues
 /// must never wait on each other.
@@ -112,13 +135,100 @@ async fn send_to_writer(
                         permit.send(w);
                         true
                     }
-                    _ => {
-                        tracing::error!("the store writer stopped; writes are lost");
-                        false
+                    (Err(_), Some(w)) => {
+                        refuse_without_writer(broker, w);
+                        true
                     }
+                    (_, None) => false,
                 };
             }
             Some(report) = done.recv() => broker.on_writer(report),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    use agentbus_protocol::{ClientFrame, MessageDraft, ParseLimits};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::broker::command::{BrokerOptions, Publish, Reply};
+    use crate::metrics::Metrics;
+    use crate::outbox::{Outbox, Outgoing};
+
+    fn broker() -> Broker {
+        let options = BrokerOptions {
+            server_name: "test".into(),
+            boot_epoch: "e1".into(),
+            topic_epoch: "e1".into(),
+            shared_store: false,
+            dedupe_window: 100,
+            max_subscriptions: 10,
+            max_waiters: 10,
+        };
+        Broker::new(options, Vec::new(), Vec::new(), Vec::new(), Arc::new(Metrics::new()))
+    }
+
+    fn publish(origin: &Arc<Outbox>) -> Command {
+        let text = r#"{"type":"send","topic":"t","content":"x"}"#;
+        let (ClientFrame::Send(send), _) = ClientFrame::parse(text, &ParseLimits::default()).unwrap() else {
+            panic!("send")
+        };
+        let topic = send.destination();
+        let draft = MessageDraft::new(&topic, "m1", "2026-01-01T00:00:00Z", "me", &send);
+        Command::Publish(Box::new(Publish {
+            topic,
+            id: "m1".into(),
+            client_id: false,
+            from_agent: "me".into(),
+            timestamp_ms: 0,
+            received: Instant::now(),
+            draft,
+            origin: Reply::Outbox(origin.clone(), None),
+        }))
+    }
+
+    /// The next frame queued to `outbox`, waiting for it a while.
+    async fn next_frame(outbox: &Outbox) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut q = VecDeque::new();
+            outbox.try_drain(&mut q);
+            if let Some(Outgoing::Frame(f)) = q.into_iter().next() {
+                return serde_json::from_str(&f).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no frame came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A writer that stopped (a fault) leaves no sender waiting for an ack that cannot
+    /// come: each send is refused, and the broker reports the store writer stopped.
+    #[tokio::test]
+    async fn without_the_writer_every_send_is_refused_at_once() {
+        let (handle, commands) = channel();
+        // A writer thread that ended drops both of its ends.
+        let (writer, writer_rx) = mpsc::channel(4);
+        let (done_tx, done) = mpsc::channel(4);
+        drop((writer_rx, done_tx));
+        let task = tokio::spawn(run(broker(), commands, writer, done));
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        handle.send(Command::Open { conn: 1, outbox: outbox.clone() }).await.unwrap();
+        for _ in 0..3 {
+            handle.send(publish(&outbox)).await.unwrap();
+            let refused = next_frame(&outbox).await;
+            assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("internal")));
+        }
+        let (tx, rx) = oneshot::channel();
+        handle.send(Command::Stats { reply: tx }).await.unwrap();
+        assert!(!rx.await.unwrap().store_writer_running);
+        drop(handle);
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 }

@@ -53,12 +53,14 @@ async fn ask<T>(shared: &Shared, cmd: Command, rx: oneshot::Receiver<T>) -> Resu
     rx.await.map_err(|_| gone())
 }
 
-/// `GET /readyz`: 200 when the store and the broker answer.
+/// `GET /readyz`: 200 when the broker answers and the store can be read and written.
 pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let (tx, rx) = oneshot::channel();
-    let broker_ok = ask(&shared, Command::Topics { reply: tx }, rx).await.is_ok();
+    let stats = ask(&shared, Command::Stats { reply: tx }, rx).await.ok();
+    let broker_ok = stats.is_some();
+    let writing = stats.is_some_and(|s| s.store_writer_running);
     let store = shared.store.clone();
-    let store_ok = tokio::task::spawn_blocking(move || store.ready()).await.unwrap_or(false);
+    let store_ok = writing && tokio::task::spawn_blocking(move || store.ready()).await.unwrap_or(false);
     if broker_ok && store_ok {
         (StatusCode::OK, "ready\n").into_response()
     } else {
