@@ -10,6 +10,8 @@
 mod command;
 mod state;
 pub mod task;
+#[cfg(test)]
+mod testing;
 
 pub use command::{Ack, BrokerOptions, Command, ConnId, Origin, Publish, Reply, Stats};
 pub use state::{Broker, Pending};

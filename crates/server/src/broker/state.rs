@@ -726,23 +726,11 @@ mod tests {
 
     use std::collections::VecDeque;
 
-    use agentbus_protocol::{ClientFrame, MessageDraft, ParseLimits, SubscribeFrame, frame_offset};
+    use agentbus_protocol::{SubscribeFrame, frame_offset};
 
     use super::*;
+    use crate::broker::testing::{broker, publish_command};
     use crate::outbox::OutboxState;
-
-    fn broker() -> Broker {
-        let options = BrokerOptions {
-            server_name: "test".into(),
-            boot_epoch: "e1".into(),
-            topic_epoch: "e1".into(),
-            shared_store: false,
-            dedupe_window: 100,
-            max_subscriptions: 10,
-            max_waiters: 10,
-        };
-        Broker::new(options, Vec::new(), Vec::new(), Vec::new(), Arc::new(Metrics::new()))
-    }
 
     #[test]
     fn shutdown_closes_every_outbox_and_those_opened_after_it() {
@@ -764,26 +752,7 @@ mod tests {
     }
 
     fn publish(b: &mut Broker, topic: &str, id: Option<&str>, origin: Arc<Outbox>) {
-        let text = match id {
-            Some(id) => format!(r#"{{"type":"send","topic":"{topic}","content":"x","id":"{id}"}}"#),
-            None => format!(r#"{{"type":"send","topic":"{topic}","content":"x"}}"#),
-        };
-        let (ClientFrame::Send(send), _) = ClientFrame::parse(&text, &ParseLimits::default()).unwrap() else {
-            panic!("send")
-        };
-        let topic = send.destination();
-        let id = id.map_or_else(|| "gen".to_owned(), str::to_owned);
-        let draft = MessageDraft::new(&topic, &id, "2026-01-01T00:00:00Z", "me", &send);
-        b.handle(Command::Publish(Box::new(Publish {
-            topic,
-            id,
-            client_id: send.id.is_some(),
-            from_agent: "me".into(),
-            timestamp_ms: 0,
-            received: Instant::now(),
-            draft,
-            origin: Reply::Outbox(origin, None),
-        })));
+        b.handle(publish_command(topic, id, origin));
     }
 
     fn frames(outbox: &Outbox) -> Vec<serde_json::Value> {

@@ -154,45 +154,11 @@ mod tests {
     use std::collections::VecDeque;
     use std::time::{Duration, Instant};
 
-    use agentbus_protocol::{ClientFrame, MessageDraft, ParseLimits};
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::broker::command::{BrokerOptions, Publish, Reply};
-    use crate::metrics::Metrics;
+    use crate::broker::testing::{broker, publish_command};
     use crate::outbox::{Outbox, Outgoing};
-
-    fn broker() -> Broker {
-        let options = BrokerOptions {
-            server_name: "test".into(),
-            boot_epoch: "e1".into(),
-            topic_epoch: "e1".into(),
-            shared_store: false,
-            dedupe_window: 100,
-            max_subscriptions: 10,
-            max_waiters: 10,
-        };
-        Broker::new(options, Vec::new(), Vec::new(), Vec::new(), Arc::new(Metrics::new()))
-    }
-
-    fn publish(origin: &Arc<Outbox>) -> Command {
-        let text = r#"{"type":"send","topic":"t","content":"x"}"#;
-        let (ClientFrame::Send(send), _) = ClientFrame::parse(text, &ParseLimits::default()).unwrap() else {
-            panic!("send")
-        };
-        let topic = send.destination();
-        let draft = MessageDraft::new(&topic, "m1", "2026-01-01T00:00:00Z", "me", &send);
-        Command::Publish(Box::new(Publish {
-            topic,
-            id: "m1".into(),
-            client_id: false,
-            from_agent: "me".into(),
-            timestamp_ms: 0,
-            received: Instant::now(),
-            draft,
-            origin: Reply::Outbox(origin.clone(), None),
-        }))
-    }
 
     /// The next frame queued to `outbox`, waiting for it a while.
     async fn next_frame(outbox: &Outbox) -> serde_json::Value {
@@ -221,7 +187,7 @@ mod tests {
         let outbox = Arc::new(Outbox::new(1 << 20));
         handle.send(Command::Open { conn: 1, outbox: outbox.clone() }).await.unwrap();
         for _ in 0..3 {
-            handle.send(publish(&outbox)).await.unwrap();
+            handle.send(publish_command("t", None, outbox.clone())).await.unwrap();
             let refused = next_frame(&outbox).await;
             assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("internal")));
         }
