@@ -218,8 +218,7 @@ impl Journal {
     }
 
     fn write_at_end(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.seek(SeekFrom::Start(self.len))?;
-        self.file.write_all(bytes)?;
+        write_at(&mut self.file, bytes, self.len)?;
         if self.sync {
             self.file.sync_data()?;
         }
@@ -250,6 +249,19 @@ impl Journal {
         self.len = self.start;
         Ok(())
     }
+}
+
+/// Writes `bytes` at `offset` of `file`: one system call where the platform has one.
+#[cfg(unix)]
+fn write_at(file: &mut File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+/// Writes `bytes` at `offset` of `file`.
+#[cfg(not(unix))]
+fn write_at(file: &mut File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(bytes)
 }
 
 /// The batches of the groups from `at`, and where the last whole, intact group ends.
