@@ -235,11 +235,6 @@ impl Journal {
         Ok(())
     }
 
-    /// Bytes of groups in the file.
-    pub fn pending_bytes(&self) -> u64 {
-        self.len - self.start
-    }
-
     fn rewrite_header(&mut self, header: &[u8]) -> Result<(), JournalError> {
         let io = |source| JournalError::Io { path: self.path.display().to_string(), source };
         self.file.set_len(0).map_err(io)?;
