@@ -50,25 +50,3 @@ pub(crate) async fn connect(bus: &BusArgs, agent: &str, capabilities: &[&str]) -
 pub(crate) fn log(text: &str) {
     println!("[{}] {text}", crate::chat::now_clock());
 }
-
-/// Resolves on Ctrl-C or SIGTERM: the agent then closes its client and exits.
-pub(crate) async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}

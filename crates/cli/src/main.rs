@@ -9,6 +9,7 @@ mod key;
 mod oneshot;
 mod pidfile;
 mod serve;
+mod signals;
 
 use std::process::ExitCode;
 

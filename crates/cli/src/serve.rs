@@ -138,29 +138,6 @@ pub fn init_logging(log: &agentbus_server::config::LogConfig) -> anyhow::Result<
     Ok(())
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("signal received: shutting down");
-}
-
 /// Runs `agentbus serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args)?;
@@ -187,10 +164,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (None, true) => "memory (ephemeral)".to_owned(),
             (None, false) => config.data.display().to_string(),
         };
+        // Registered before the line that says the server is up (see `shutdown_signal`).
+        let stop = crate::signals::shutdown_signal();
+        let shutdown = async move {
+            stop.await;
+            tracing::info!("signal received: shutting down");
+        };
         tracing::info!(%addr, store = %where_, pid, "agentbus {} listening on ws://{addr}", env!("CARGO_PKG_VERSION"));
         println!("agentbus listening on {addr}");
         let data = config.data.clone();
-        let served = agentbus_server::serve_with_store(config, listener, store, shutdown_signal()).await;
+        let served = agentbus_server::serve_with_store(config, listener, store, shutdown).await;
         pidfile::remove(&data, pid);
         served?;
         Ok(ExitCode::SUCCESS)

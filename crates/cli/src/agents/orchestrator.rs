@@ -26,8 +26,9 @@ use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
 
-use super::{BusArgs, connect, log, runtime, shutdown_signal};
+use super::{BusArgs, connect, log, runtime};
 use crate::chat::content_text;
+use crate::signals::shutdown_signal;
 
 /// What this agent tells others it can do (shown by `agentbus agents` and `/who`).
 pub const CAPABILITIES: [&str; 3] = ["orchestrate", "route", "introduce"];
@@ -133,10 +134,10 @@ pub fn run(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
         // (Across reconnects the client recovers what was missed, each message once.)
         let mut messages =
             client.subscribe(&args.topic).await.with_context(|| format!("cannot follow topic '{}'", args.topic))?;
+        let mut stop = std::pin::pin!(shutdown_signal());
         println!("{} is listening on topic '{}' (capabilities: {})", args.agent, args.topic, CAPABILITIES.join(", "));
         let timeout = Duration::from_secs(args.timeout.max(1));
         let mut answered = Answered::default();
-        let mut stop = std::pin::pin!(shutdown_signal());
         loop {
             tokio::select! {
                 m = messages.next() => {

@@ -14,8 +14,9 @@ use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
 
-use super::{BusArgs, connect, log, runtime, shutdown_signal};
+use super::{BusArgs, connect, log, runtime};
 use crate::chat::content_text;
+use crate::signals::shutdown_signal;
 
 /// What this agent tells others it can do.
 pub const CAPABILITIES: [&str; 1] = ["count-words"];
@@ -57,8 +58,8 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         // The inbox: direct messages, including those that came while we were away.
         let inbox = format!("@{}", args.agent);
         let mut requests = client.subscribe(&inbox).await.with_context(|| format!("cannot follow {inbox}"))?;
-        println!("{} is listening on its inbox '{inbox}' (capabilities: {})", args.agent, CAPABILITIES.join(", "));
         let mut stop = std::pin::pin!(shutdown_signal());
+        println!("{} is listening on its inbox '{inbox}' (capabilities: {})", args.agent, CAPABILITIES.join(", "));
         loop {
             tokio::select! {
                 m = requests.next() => {

@@ -19,6 +19,15 @@ async fn sigterm_closes_connections_with_1001_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn sigterm_right_after_the_ready_line_is_a_graceful_stop() {
+    // The handler is in place before the server says it listens: a supervisor that
+    // stops it at once gets a clean exit, not a kill by the signal's default action.
+    let mut server = TestServer::builder().start().await;
+    assert_eq!(server.stop().await, Some(0));
+    assert!(server.log().contains("shut down"), "{}", server.log());
+}
+
+#[tokio::test]
 async fn an_unusable_config_file_stops_start_up_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
