@@ -1164,6 +1164,33 @@ mod sqlite_only {
     }
 
     #[test]
+    fn the_index_is_purged_after_trims_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&store, &numbered("t", 1, 10)).unwrap();
+        assert_eq!(store.maintain(1000).unwrap(), 10);
+        // Nothing left to index: the first step since opening goes round the index.
+        assert_eq!(store.maintain(1000).unwrap(), 0);
+        // A message that disappears without a trim (never in practice) shows whether an
+        // idle step still reads the whole index: it must not.
+        let db = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        db.execute("DELETE FROM messages WHERE offset = 5", []).unwrap();
+        let index = rusqlite::Connection::open(dir.path().join("agentbus-search.db")).unwrap();
+        let entries = |index: &rusqlite::Connection| -> i64 {
+            index.query_row("SELECT count(*) FROM search", [], |r| r.get(0)).unwrap()
+        };
+        for _ in 0..3 {
+            assert_eq!(store.maintain(1000).unwrap(), 0);
+        }
+        assert_eq!(entries(&index), 10, "no trim, no purge");
+        // A trim makes the next step go round again, and that round finds both.
+        assert_eq!(store.trim(&keep(8, 0), 0, 100).unwrap(), 2);
+        assert_eq!(store.maintain(1000).unwrap(), 0);
+        assert_eq!(entries(&index), 7, "offsets 1, 2 (trimmed) and 5 are gone");
+    }
+
+    #[test]
     fn trimmed_entries_are_purged_even_while_new_messages_keep_arriving() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());

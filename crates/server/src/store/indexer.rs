@@ -1,9 +1,12 @@
 //! The search indexer: a thread at the lowest scheduling priority that calls
 //! [`Store::maintain`] behind the writer's commits.
 //!
-//! The writer wakes it after each commit; it lets commits gather for [`GATHER`], then
-//! indexes in steps of [`INDEX_STEP`] messages until it has caught up, and once a second
-//! purges what trimming removed. (Under 1,000 one-message commits a second, indexing
+//! The writer wakes it after each commit into the tables and each tick; it lets commits
+//! gather for [`GATHER`], then indexes in steps of [`INDEX_STEP`] messages until it has
+//! caught up, and, once a second while the store trims, purges what trimming removed. An
+//! idle server's indexer finds nothing to do. (Purging on every wake-up went round the
+//! whole index, 10,000 entries a second, on a server that received nothing: 0.85% of a
+//! core with 536,000 messages stored.) (Under 1,000 one-message commits a second, indexing
 //! each commit on its own took 0.31 s of processor time in 5 s; gathered, 0.08 s.) At
 //! nice 19 the scheduler gives it a small share of a busy processor (a weight of 15
 //! against 1,024 for an ordinary thread): under a publishing load that saturates the

@@ -70,10 +70,14 @@ pub struct SearchIndex {
     index: Connection,
     /// The highest `seq` indexed.
     indexed_upto: i64,
-    /// Where the next purge step starts.
+    /// Where the next purge step starts (0: no round under way).
     purge_after: i64,
     /// When the last purge step ran.
     purged_at: Instant,
+    /// The store's count of trims when the round under way started.
+    round_trims: u64,
+    /// The count of trims the last whole round covered (none yet since opening).
+    purged_trims: Option<u64>,
 }
 
 /// Why an existing index file is not used.
@@ -114,14 +118,24 @@ impl SearchIndex {
         let messages = Connection::open_with_flags(messages_db, flags)?;
         messages.busy_timeout(BUSY_TIMEOUT)?;
         let indexed_upto = index.query_row("SELECT indexed_upto FROM state", [], |r| r.get(0))?;
-        Ok(SearchIndex { messages, index, indexed_upto, purge_after: 0, purged_at: Instant::now() })
+        Ok(SearchIndex {
+            messages,
+            index,
+            indexed_upto,
+            purge_after: 0,
+            purged_at: Instant::now(),
+            round_trims: 0,
+            purged_trims: None,
+        })
     }
 
     /// Indexes up to `budget` messages not yet indexed, in one transaction, and returns
     /// how many it read. With nothing to index, or once caught up and [`PURGE_EVERY`]
     /// after the last purge, it also purges the entries of trimmed messages among the
-    /// next [`PURGE_STEP`] entries.
-    pub fn step(&mut self, budget: usize) -> rusqlite::Result<u64> {
+    /// next [`PURGE_STEP`] entries: while a round of the index is under way, or when the
+    /// store has trimmed since the last round (`trims` counts the store's trims). An idle
+    /// index whose messages were not trimmed does nothing.
+    pub fn step(&mut self, budget: usize, trims: u64) -> rusqlite::Result<u64> {
         if budget == 0 {
             return Ok(0);
         }
@@ -143,7 +157,9 @@ impl SearchIndex {
             }
         }
         let Some(&(upto, _)) = rows.last() else {
-            self.purge()?;
+            if self.purge_due(trims) {
+                self.purge(trims)?;
+            }
             return Ok(0);
         };
         let tx = self.index.transaction()?;
@@ -158,23 +174,32 @@ impl SearchIndex {
         tx.prepare_cached(SET_INDEXED_UPTO)?.execute([upto])?;
         tx.commit()?;
         self.indexed_upto = upto;
-        if rows.len() < budget && self.purged_at.elapsed() >= PURGE_EVERY {
-            self.purge()?;
+        if rows.len() < budget && self.purged_at.elapsed() >= PURGE_EVERY && self.purge_due(trims) {
+            self.purge(trims)?;
         }
         Ok(rows.len() as u64)
     }
 
+    /// Whether a purge step is due: a round is under way, or the store trimmed since the
+    /// last whole round (or none ran since opening).
+    fn purge_due(&self, trims: u64) -> bool {
+        self.purge_after != 0 || self.purged_trims != Some(trims)
+    }
+
     /// Removes the entries of trimmed messages among the next [`PURGE_STEP`] entries,
     /// going round the index step by step.
-    fn purge(&mut self) -> rusqlite::Result<()> {
+    fn purge(&mut self, trims: u64) -> rusqlite::Result<()> {
         self.purged_at = Instant::now();
+        if self.purge_after == 0 {
+            self.round_trims = trims;
+        }
         let limit = i64::try_from(PURGE_STEP).unwrap_or(i64::MAX);
         let indexed: Vec<i64> = {
             let mut stmt = self.index.prepare_cached(INDEXED_AFTER)?;
             stmt.query_map(params![self.purge_after, limit], |r| r.get(0))?.collect::<Result<_, _>>()?
         };
         let (Some(&first), Some(&last)) = (indexed.first(), indexed.last()) else {
-            self.purge_after = 0;
+            self.end_round();
             return Ok(());
         };
         let mut stored = std::collections::HashSet::with_capacity(indexed.len());
@@ -204,8 +229,18 @@ impl SearchIndex {
             }
             tx.commit()?;
         }
-        self.purge_after = if indexed.len() < PURGE_STEP { 0 } else { last };
+        if indexed.len() < PURGE_STEP {
+            self.end_round();
+        } else {
+            self.purge_after = last;
+        }
         Ok(())
+    }
+
+    /// The round reached the end of the index: it covered every trim counted when it began.
+    fn end_round(&mut self) {
+        self.purge_after = 0;
+        self.purged_trims = Some(self.round_trims);
     }
 }
 

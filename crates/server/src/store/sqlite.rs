@@ -38,6 +38,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -209,6 +210,8 @@ pub struct SqliteStore {
     search: Mutex<SearchIndex>,
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
+    /// Trims that removed messages, counted so that the search index purges only after one.
+    trims: AtomicU64,
     /// Checkpoints the write-ahead log off the writer's thread (dropped last: it waits
     /// for the thread, whose wake-ups the writer's connection holds).
     checkpointer: Checkpointer,
@@ -319,6 +322,7 @@ impl SqliteStore {
             search_path,
             search: Mutex::new(index),
             readers: Mutex::new(vec![reader]),
+            trims: AtomicU64::new(0),
             checkpointer,
         };
         if !found.is_empty() {
@@ -1096,6 +1100,10 @@ impl Store for SqliteStore {
         let mut writer = self.writer();
         self.ingest(&mut writer);
         let removed = writer.trim(retention, now_ms, budget).map_err(db_error)?;
+        if removed > 0 {
+            // Counted once the rows are gone: a purge that sees the count sees the removal.
+            self.trims.fetch_add(1, Ordering::Release);
+        }
         if removed > 0 && writer.refusing.is_some() {
             // The room freed may be what the journal needed.
             self.ingest(&mut writer);
@@ -1107,7 +1115,8 @@ impl Store for SqliteStore {
         if budget == 0 {
             return Ok(0);
         }
-        self.search_index().step(budget).map_err(db_error)
+        let trims = self.trims.load(Ordering::Acquire);
+        self.search_index().step(budget, trims).map_err(db_error)
     }
 
     fn ready(&self) -> bool {

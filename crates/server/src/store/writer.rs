@@ -8,8 +8,9 @@
 //! refuses every batch (`StoreError::Halted`) until the broker, having rewound its
 //! offsets, sends [`ToWriter::Resume`]: so no offset is ever skipped or reused.
 //!
-//! After each commit it wakes the search indexer ([`super::indexer`]), which runs on a
-//! thread of its own. When the store journaled batches instead of committing them
+//! After each commit into the tables (not an append to the journal) and each tick it
+//! wakes the search indexer ([`super::indexer`]), which runs on a thread of its own.
+//! When the store journaled batches instead of committing them
 //! ([`Store::has_unflushed`]) and no work arrives for [`FLUSH_WHEN_IDLE`], it flushes
 //! them into place. On [`ToWriter::Tick`] (every second) it trims history beyond
 //! retention, [`TRIM_STEP`] rows at a time, looking at the queue between steps.
@@ -133,7 +134,9 @@ pub fn run<T: Writable>(
                 continue;
             }
             ToWriter::Tick => {
+                // Trimming moves the journal into place first.
                 trim(&*store, &retention, &mut rx, &mut pending);
+                indexer.wake();
                 continue;
             }
         };
@@ -171,7 +174,8 @@ pub fn run<T: Writable>(
             }
             (result.map_err(Arc::new), n)
         };
-        if result.is_ok() && records > 0 {
+        // Journaled messages are indexed once they are moved into place.
+        if result.is_ok() && records > 0 && !store.has_unflushed() {
             indexer.wake();
         }
         let (result, assigned) = match result {
