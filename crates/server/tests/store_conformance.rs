@@ -1010,6 +1010,125 @@ mod sqlite_only {
         assert_eq!(offsets(&again.read_range(&topic("a"), 0, 10, 10).unwrap()), [1, 2, 3, 4]);
     }
 
+    /// A move of the journal goes a step at a time, and batches are journaled between the
+    /// steps: every message stays readable, once, throughout; a crash in the middle of the
+    /// move loses nothing; once the move commits the journal is empty.
+    #[test]
+    fn a_move_in_steps_keeps_every_message_readable_and_journals_behind_it() {
+        use agentbus_server::store::sqlite::INGEST_RECORDS;
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut next = 1u64;
+        while !store.flush_due() {
+            append_only(&store, &numbered("a", next, next + 9)).unwrap();
+            next += 10;
+        }
+        assert!(next > INGEST_RECORDS as u64, "due at {next}");
+        let a = |s: &SqliteStore| offsets(&s.read_range(&topic("a"), 0, u64::MAX, 100_000).unwrap());
+        store.flush_step().unwrap();
+        assert!(store.flush_due() && store.has_unflushed(), "one step moved everything");
+        // Between two steps: journaled batches, a new topic, an inbox position.
+        append_only(&store, &numbered("a", next, next + 9)).unwrap();
+        next += 10;
+        append_only(&store, &[Msg::text("b", 1, "b one")]).unwrap();
+        store.append(&[], &[Cursor { agent: "bob".into(), offset: 7 }]).unwrap();
+        let want: Vec<u64> = (1..next).collect();
+        assert_eq!(a(&store), want);
+        assert_eq!(store.last_offset(&topic("a")).unwrap(), next - 1);
+        // The files as a crash in the middle of the move would leave them.
+        for name in ["agentbus.db", "agentbus.db-wal", "agentbus.journal"] {
+            std::fs::copy(dir.path().join(name), crashed.path().join(name)).unwrap();
+        }
+        let mut steps = 1;
+        while store.flush_due() {
+            store.flush_step().unwrap();
+            steps += 1;
+            assert_eq!(a(&store), want, "after step {steps}");
+        }
+        assert!(steps > 2, "{steps} steps");
+        assert!(!store.has_unflushed());
+        assert_eq!(a(&store), want);
+        assert_eq!(offsets(&store.read_range(&topic("b"), 0, 10, 10).unwrap()), [1]);
+        assert_eq!(sorted_cursors(&store), [("bob".to_owned(), 7)]);
+        assert!(std::fs::metadata(dir.path().join("agentbus.journal")).unwrap().len() < 100, "the journal is emptied");
+        // Offsets go on from the moved messages.
+        append(&store, &numbered("a", next, next)).unwrap();
+        let recovered = open(crashed.path());
+        assert!(!recovered.has_unflushed());
+        assert_eq!(a(&recovered), want);
+        assert_eq!(offsets(&recovered.read_range(&topic("b"), 0, 10, 10).unwrap()), [1]);
+        assert_eq!(sorted_cursors(&recovered), [("bob".to_owned(), 7)]);
+    }
+
+    /// A step that fails (here: the database is full) undoes the whole move, including
+    /// the steps before it and the topics they created: the batches stay journaled and
+    /// readable, appends are refused, and once trimming makes room the move succeeds with
+    /// every offset where it was.
+    #[test]
+    fn a_move_that_fails_half_way_is_undone_and_done_again_later() {
+        // Where the database fills depends on the cap; some cap makes it fill in a step
+        // after the first one of a move.
+        let found = (0..40).find_map(|i| fill_until_a_step_fails((640 + 32 * i) << 10));
+        let Some((dir, config, store, topics)) = found else {
+            panic!("no cap made a move fail after its first step");
+        };
+        assert!(store.has_unflushed());
+        assert!(matches!(append_only(&store, &numbered("other", 1, 1)), Err(StoreError::Full(_))));
+        let check = |store: &SqliteStore, kept: std::ops::RangeInclusive<u64>| {
+            let listed = store.topics().unwrap();
+            for t in 1..=topics {
+                let name = format!("fill.{t}");
+                let read = offsets(&store.read_range(&topic(&name), 0, 100, 100).unwrap());
+                assert_eq!(read, kept.clone().collect::<Vec<_>>(), "{name}");
+                assert_eq!(store.last_offset(&topic(&name)).unwrap(), 10, "{name}");
+                assert!(listed.iter().any(|l| l.topic.as_str() == name && l.last_offset == 10), "{name} listed");
+            }
+        };
+        check(&store, 1..=10);
+        // Room again: the journal moves, the refusal ends, offsets go on.
+        assert!(store.trim(&keep(2, 0), 0, 1_000_000).unwrap() > 0);
+        store.flush().unwrap();
+        assert!(!store.has_unflushed());
+        // The next tick trims what was journaled during the first.
+        store.trim(&keep(2, 0), 0, 1_000_000).unwrap();
+        check(&store, 9..=10);
+        append(&store, &numbered("fill.1", 11, 11)).unwrap();
+        append(&store, &numbered("other", 1, 1)).unwrap();
+        drop(store);
+        let reopened = SqliteStore::open(dir.path(), &config).unwrap();
+        assert_eq!(offsets(&reopened.read_range(&topic("fill.1"), 0, 100, 100).unwrap()), [9, 10, 11]);
+        assert_eq!(reopened.topics().unwrap().len() as u64, topics + 1);
+    }
+
+    /// Journals batches of new topics and moves them in steps, under a size cap of
+    /// `cap` bytes, until the database is full. Returns the store if that happened in a
+    /// step after the first one of a move (the steps before it are in the transaction).
+    #[allow(clippy::type_complexity)]
+    fn fill_until_a_step_fails(cap: u64) -> Option<(tempfile::TempDir, StoreConfig, SqliteStore, u64)> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { max_size_bytes: cap, ..StoreConfig::default() };
+        let store = SqliteStore::open(dir.path(), &config).unwrap();
+        let mut topics = 0u64;
+        for _ in 0..1000 {
+            while !store.flush_due() {
+                topics += 1;
+                if append_only(&store, &numbered(&format!("fill.{topics}"), 1, 10)).is_err() {
+                    return None;
+                }
+            }
+            let mut steps = 0;
+            while store.flush_due() {
+                match store.flush_step() {
+                    Ok(()) => steps += 1,
+                    Err(StoreError::Full(_)) if steps > 0 => return Some((dir, config, store, topics)),
+                    Err(_) => return None,
+                }
+            }
+        }
+        None
+    }
+
     /// After a power loss with `sync = "normal"` the tables may have lost their last
     /// commits but not the journal written after them: what follows the gap is dropped,
     /// and offsets continue from what the tables kept.

@@ -223,6 +223,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether a move of journaled batches into place is due or under way: the writer
+    /// then calls [`Store::flush_step`] between batches until it is not.
+    fn flush_due(&self) -> bool {
+        false
+    }
+
+    /// Moves the next part of what is journaled into place: a step short enough that the
+    /// batches behind it do not wait long (see [`Store::flush_due`]).
+    fn flush_step(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
     /// Background upkeep between batches (for example indexing for search), at most
     /// `budget` rows; returns how many rows it handled.
     fn maintain(&self, _budget: usize) -> Result<u64, StoreError> {

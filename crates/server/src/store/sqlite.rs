@@ -4,9 +4,11 @@
 //! batches in one transaction, except small groups: a commit rewrites whole pages (of the
 //! table and of each topic's index), so a small group is acknowledged once it is in the
 //! journal ([`super::journal`]), one write of about its own size. The writer moves
-//! journaled batches into the tables in large transactions behind the acks (with the
-//! next large group, when [`INGEST_RECORDS`] messages or [`INGEST_BYTES`] wait, when it
-//! is idle, and every second), and trims history between batches. Until then reads take
+//! journaled batches into the tables in large transactions behind the acks: a move
+//! starts when [`INGEST_RECORDS`] messages or [`INGEST_BYTES`] wait, or at the tick, and
+//! goes [`MOVE_STEP`] messages at a time between batches, which are journaled behind it,
+//! in one transaction that commits once it has them all ([`Moving`]). The next large
+//! group, an idle writer, trimming and closing finish it at once. Until then reads take
 //! the journaled messages from memory, so every acknowledged message is readable at once.
 //! A thread of its own checkpoints the log ([`super::checkpoint`]). The search index lives in a
 //! second file ([`super::search`]), filled behind the commits. Reads take a connection
@@ -86,6 +88,14 @@ pub const INGEST_RECORDS: usize = 4096;
 /// Journaled frame bytes that make the writer move the journal into the tables (with a
 /// size cap, at most a sixteenth of it).
 pub const INGEST_BYTES: usize = 4 << 20;
+
+/// Journaled messages inserted per step of a move into the tables: the writer journals
+/// (and acknowledges) new batches between two steps, so a move never holds it longer.
+pub const MOVE_STEP: usize = 256;
+
+/// Journaled messages past which an append moves the whole journal at once: steps have
+/// not kept up (they run between batches, at least one per batch).
+pub const MAX_JOURNALED_RECORDS: usize = 4 * INGEST_RECORDS;
 
 /// Most query words used in a search (the rest are ignored).
 const MAX_SEARCH_WORDS: usize = 32;
@@ -245,6 +255,23 @@ struct Writer {
     refusing: Option<Refusal>,
     /// [`INGEST_BYTES`], or less under a size cap.
     ingest_bytes: usize,
+    /// The move of the journal into the tables under way, if one is.
+    moving: Option<Moving>,
+    /// A move is wanted although the journal is below its thresholds (the tick asked).
+    move_wanted: bool,
+}
+
+/// A move of the journal into the tables under way. Its transaction is open on the
+/// writer's connection, and the journaled batches go into it a step at a time while new
+/// batches are journaled behind them; it commits once it has them all. Until then reads
+/// take them from memory, as before the move began.
+struct Moving {
+    /// Journaled batches inserted so far, oldest first.
+    batches: usize,
+    /// `next_seq` before the move.
+    seq_before: i64,
+    /// Each topic the move changed, as it was before (`None`: created by the move).
+    topics_before: HashMap<TopicName, Option<TopicRow>>,
 }
 
 /// Why appends are refused.
@@ -390,59 +417,71 @@ impl SqliteStore {
         journaled.batches.push(batch);
     }
 
-    /// Moves every journaled batch into the tables in one transaction, then empties the
-    /// journal. On failure the batches stay journaled (and readable) and appends are
-    /// refused until a later attempt succeeds.
+    /// Moves every journaled batch into the tables (finishing the move under way, if
+    /// any), then empties the journal. On failure the batches stay journaled (and
+    /// readable) and appends are refused until a later attempt succeeds.
     fn ingest(&self, writer: &mut Writer) {
-        let _ = self.ingest_with(writer, &[], &[]);
+        let _ = self.move_journal(writer, usize::MAX, &[], &[]);
     }
 
     /// [`SqliteStore::ingest`], with a batch that was not journaled after the journaled
     /// ones in the same transaction. Fails if that transaction fails.
     fn ingest_with(&self, writer: &mut Writer, records: &[Record<'_>], cursors: &[Cursor]) -> Result<(), StoreError> {
+        self.move_journal(writer, usize::MAX, records, cursors)
+    }
+
+    /// Moves about `budget` journaled messages more into the tables ([`Writer::move_step`]);
+    /// with `usize::MAX`, all of them and then `records` and `cursors`. Once the move has
+    /// committed, the journal is emptied. On failure the move is undone, and if batches
+    /// were journaled, appends are refused until a later attempt succeeds.
+    fn move_journal(
+        &self,
+        writer: &mut Writer,
+        budget: usize,
+        records: &[Record<'_>],
+        cursors: &[Cursor],
+    ) -> Result<(), StoreError> {
         let batches = self.journaled().batches.clone();
         if batches.is_empty() && records.is_empty() && cursors.is_empty() {
             writer.refusing = None;
+            writer.move_wanted = false;
             return Ok(());
         }
-        let mut all: Vec<Record<'_>> = batches.iter().flat_map(|b| b.records.iter().map(|r| r.record())).collect();
-        all.extend_from_slice(records);
-        // One row per agent: the batches move each inbox position forward many times.
-        let mut newest: HashMap<&str, u64> = HashMap::new();
-        for c in batches.iter().flat_map(|b| &b.cursors).chain(cursors) {
-            let offset = newest.entry(&c.agent).or_default();
-            *offset = (*offset).max(c.offset);
-        }
-        let all_cursors: Vec<Cursor> =
-            newest.into_iter().map(|(agent, offset)| Cursor { agent: agent.to_owned(), offset }).collect();
-        if let Err(e) = writer.store(&all, &all_cursors) {
-            if !batches.is_empty() {
-                if writer.refusing.is_none() {
-                    let messages = all.len();
-                    tracing::error!(error = %e, messages, "cannot move the journal into the tables; refusing writes");
+        match writer.move_step(&batches, budget, records, cursors) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                writer.refusing = None;
+                writer.move_wanted = false;
+                if !batches.is_empty() {
+                    {
+                        let mut journaled = self.journaled();
+                        journaled.batches.drain(..batches.len());
+                        journaled.records = journaled.batches.iter().map(|b| b.records.len()).sum();
+                        journaled.bytes = journaled.batches.iter().map(|b| b.frame_bytes()).sum();
+                    }
+                    // Only this thread journals: everything journaled is now in the tables.
+                    writer.latest.clear();
+                    if let Some(journal) = writer.journal.as_mut()
+                        && let Err(e) = journal.clear()
+                    {
+                        tracing::warn!(error = %e, "cannot empty the journal (what it holds is skipped when it is read)");
+                    }
                 }
-                writer.refusing = Some(Refusal::of(&e));
+                self.checkpointer.restart_if_due(&writer.conn);
+                Ok(())
             }
-            return Err(e);
-        }
-        writer.refusing = None;
-        if !batches.is_empty() {
-            {
-                let mut journaled = self.journaled();
-                journaled.batches.drain(..batches.len());
-                journaled.records = journaled.batches.iter().map(|b| b.records.len()).sum();
-                journaled.bytes = journaled.batches.iter().map(|b| b.frame_bytes()).sum();
-            }
-            // Only this thread journals: everything journaled is now in the tables.
-            writer.latest.clear();
-            if let Some(journal) = writer.journal.as_mut()
-                && let Err(e) = journal.clear()
-            {
-                tracing::warn!(error = %e, "cannot empty the journal (what it holds is skipped when it is read)");
+            Err(e) => {
+                writer.undo_move();
+                if !batches.is_empty() {
+                    if writer.refusing.is_none() {
+                        let messages: usize = batches.iter().map(|b| b.records.len()).sum::<usize>() + records.len();
+                        tracing::error!(error = %e, messages, "cannot move the journal into the tables; refusing writes");
+                    }
+                    writer.refusing = Some(Refusal::of(&e));
+                }
+                Err(e)
             }
         }
-        self.checkpointer.restart_if_due(&writer.conn);
-        Ok(())
     }
 
     fn search_index(&self) -> MutexGuard<'_, SearchIndex> {
@@ -507,6 +546,8 @@ impl Writer {
             latest: HashMap::new(),
             refusing: None,
             ingest_bytes,
+            moving: None,
+            move_wanted: false,
         })
     }
 
@@ -542,18 +583,86 @@ impl Writer {
         }
     }
 
-    /// Stores a batch in one transaction; the in-memory state changes only if it commits.
-    fn store(&mut self, records: &[Record<'_>], cursors: &[Cursor]) -> Result<(), StoreError> {
-        check_offsets(&self.topics, &HashMap::new(), records)?;
-        let tx = self.conn.transaction().map_err(db_error)?;
-        let (touched, next_seq) = insert_records(&tx, &self.topics, self.next_seq, records)?;
-        upsert_cursors(&tx, cursors).map_err(db_error)?;
-        tx.commit().map_err(db_error)?;
+    /// Inserts the next journaled `batches` (about `budget` messages, at least one batch)
+    /// into the move's transaction, beginning it if none is open. With `usize::MAX` it
+    /// inserts every batch left and then `records` and `cursors`. Once every batch is in,
+    /// it stores the inbox positions and commits. Returns whether it committed; on an
+    /// error the caller undoes the move ([`Writer::undo_move`]).
+    fn move_step(
+        &mut self,
+        batches: &[Arc<JournaledBatch>],
+        budget: usize,
+        records: &[Record<'_>],
+        cursors: &[Cursor],
+    ) -> Result<bool, StoreError> {
+        if self.moving.is_none() {
+            self.conn.execute_batch("BEGIN").map_err(db_error)?;
+            self.moving = Some(Moving { batches: 0, seq_before: self.next_seq, topics_before: HashMap::new() });
+        }
+        let from = self.moving.as_ref().map_or(0, |m| m.batches);
+        let (mut to, mut taken) = (from, 0usize);
+        while to < batches.len() && (to == from || taken < budget) {
+            taken += batches[to].records.len();
+            to += 1;
+        }
+        let complete = to == batches.len();
+        let mut rows: Vec<Record<'_>> =
+            batches[from..to].iter().flat_map(|b| b.records.iter().map(|r| r.record())).collect();
+        if complete && budget == usize::MAX {
+            rows.extend_from_slice(records);
+        }
+        check_offsets(&self.topics, &HashMap::new(), &rows)?;
+        let (touched, next_seq) = insert_records(&self.conn, &self.topics, self.next_seq, &rows)?;
         for (name, row) in touched {
-            self.topics.insert(name.clone(), row);
+            let before = self.topics.insert(name.clone(), row);
+            if let Some(m) = self.moving.as_mut() {
+                m.topics_before.entry(name.clone()).or_insert(before);
+            }
         }
         self.next_seq = next_seq;
-        Ok(())
+        if let Some(m) = self.moving.as_mut() {
+            m.batches = to;
+        }
+        if !complete {
+            return Ok(false);
+        }
+        let extra = if budget == usize::MAX { cursors } else { &[] };
+        // One row per agent: the batches move each inbox position forward many times.
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for c in batches.iter().flat_map(|b| &b.cursors).chain(extra) {
+            let offset = newest.entry(&c.agent).or_default();
+            *offset = (*offset).max(c.offset);
+        }
+        let all_cursors: Vec<Cursor> =
+            newest.into_iter().map(|(agent, offset)| Cursor { agent: agent.to_owned(), offset }).collect();
+        upsert_cursors(&self.conn, &all_cursors).map_err(db_error)?;
+        self.conn.execute_batch("COMMIT").map_err(db_error)?;
+        self.moving = None;
+        Ok(true)
+    }
+
+    /// Undoes the move under way, if any: its transaction, and what it changed in memory.
+    fn undo_move(&mut self) {
+        let Some(moving) = self.moving.take() else {
+            return;
+        };
+        // A conflict in an `OR ROLLBACK` insert has already ended the transaction.
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "cannot roll back a failed move of the journal");
+        }
+        self.next_seq = moving.seq_before;
+        for (name, before) in moving.topics_before {
+            match before {
+                Some(row) => {
+                    self.topics.insert(name, row);
+                }
+                None => {
+                    self.topics.remove(&name);
+                }
+            }
+        }
     }
 
     /// Removes messages beyond retention, at most `budget`, in one transaction.
@@ -612,7 +721,7 @@ fn check_offsets(
 /// Inserts the messages (creating new topics); returns the touched topics, with their
 /// newest offsets, and the next `seq`.
 fn insert_records<'r>(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     known: &HashMap<TopicName, TopicRow>,
     mut seq: i64,
     records: &[Record<'r>],
@@ -711,13 +820,13 @@ fn bind_record(
 }
 
 /// Creates a topic row; returns its id.
-fn create_topic(tx: &Transaction<'_>, topic: &TopicName, epoch: &str) -> rusqlite::Result<i64> {
+fn create_topic(tx: &Connection, topic: &TopicName, epoch: &str) -> rusqlite::Result<i64> {
     tx.prepare_cached(INSERT_TOPIC)?.execute(params![topic.as_str(), epoch])?;
     Ok(tx.last_insert_rowid())
 }
 
 /// Stores inbox positions, never moving one back.
-fn upsert_cursors(tx: &Transaction<'_>, cursors: &[Cursor]) -> rusqlite::Result<()> {
+fn upsert_cursors(tx: &Connection, cursors: &[Cursor]) -> rusqlite::Result<()> {
     let mut upsert = tx.prepare_cached(UPSERT_CURSOR)?;
     for c in cursors {
         upsert.execute(params![c.agent, i64::try_from(c.offset).unwrap_or(i64::MAX)])?;
@@ -918,12 +1027,14 @@ impl Store for SqliteStore {
         }
         writer.journal_batch(records, cursors)?;
         self.track(&mut writer, Arc::new(JournaledBatch::new(records, cursors)));
-        let due = {
+        // The writer moves the journal a step at a time between batches
+        // (`flush_due`, `flush_step`); if those steps fall far behind, all of it now. The
+        // batch is journaled: it is acknowledged even if this fails.
+        let backlog = {
             let journaled = self.journaled();
-            journaled.records >= INGEST_RECORDS || journaled.bytes >= writer.ingest_bytes
+            journaled.records >= MAX_JOURNALED_RECORDS || journaled.bytes >= writer.ingest_bytes.saturating_mul(4)
         };
-        if due {
-            // The batch is journaled: it is acknowledged even if this fails.
+        if backlog {
             self.ingest(&mut writer);
         }
         Ok(())
@@ -937,6 +1048,25 @@ impl Store for SqliteStore {
         let mut writer = self.writer();
         self.ingest(&mut writer);
         writer.refusing.as_ref().map_or(Ok(()), |r| Err(r.error()))
+    }
+
+    fn flush_due(&self) -> bool {
+        let writer = self.writer();
+        if writer.refusing.is_some() {
+            // Appends retry the move; steps would only fail again.
+            return false;
+        }
+        if writer.moving.is_some() {
+            return true;
+        }
+        let journaled = self.journaled();
+        !journaled.batches.is_empty()
+            && (writer.move_wanted || journaled.records >= INGEST_RECORDS || journaled.bytes >= writer.ingest_bytes)
+    }
+
+    fn flush_step(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        self.move_journal(&mut writer, MOVE_STEP, &[], &[])
     }
 
     // Reads take the journaled messages before the tables: a batch moved into the tables
@@ -1098,7 +1228,15 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let mut writer = self.writer();
-        self.ingest(&mut writer);
+        if writer.moving.is_some() || writer.refusing.is_some() {
+            // Trimming needs the connection the move holds (and may be what a refused
+            // move needs next).
+            self.ingest(&mut writer);
+        } else if self.has_unflushed() {
+            // What is journaled moves a step at a time behind this tick's trim. Until
+            // then trimming counts only the messages in the tables.
+            writer.move_wanted = true;
+        }
         let removed = writer.trim(retention, now_ms, budget).map_err(db_error)?;
         if removed > 0 {
             // Counted once the rows are gone: a purge that sees the count sees the removal.

@@ -134,9 +134,11 @@ pub fn run<T: Writable>(
                 continue;
             }
             ToWriter::Tick => {
-                // Trimming moves the journal into place first.
+                // Trimming asks for a move of the journal into place (or finishes the
+                // one under way first).
                 trim(&*store, &retention, &mut rx, &mut pending);
                 indexer.wake();
+                move_in_steps(&*store, &rx, pending.is_some(), &indexer);
                 continue;
             }
         };
@@ -183,6 +185,32 @@ pub fn run<T: Writable>(
             Err(e) => (Err(e), None),
         };
         if done.blocking_send(FromWriter::Done { batches, result, records, assigned }).is_err() {
+            return;
+        }
+        move_in_steps(&*store, &rx, pending.is_some(), &indexer);
+    }
+}
+
+/// Moves journaled batches into place a step at a time while a move is due, and stops as
+/// soon as work is waiting (after at least one step, so that a move ends under any load):
+/// the batches behind a move wait for one step, not for all of it. Between two steps it
+/// yields the processor: on a server given one core the threads that bring the next
+/// batches cannot run while this one does, and the queue would look empty until the
+/// whole move was done.
+fn move_in_steps<T>(store: &dyn Store, rx: &mpsc::Receiver<ToWriter<T>>, pending: bool, indexer: &IndexWaker) {
+    while store.flush_due() {
+        if store.flush_step().is_err() {
+            return;
+        }
+        if !store.has_unflushed() {
+            indexer.wake();
+            return;
+        }
+        if pending {
+            return;
+        }
+        std::thread::yield_now();
+        if !rx.is_empty() {
             return;
         }
     }
