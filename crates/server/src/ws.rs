@@ -3,7 +3,7 @@
 //!
 //! A read waits for the socket without any buffer, then reads into a buffer on the
 //! stack and keeps only the bytes of an incomplete frame (usually none) in
-//! [`WsConn::pending`]. Outgoing frames are framed by the caller into a buffer of its own
+//! `WsConn::pending`. Outgoing frames are framed by the caller into a buffer of its own
 //! ([`push_frame`]) and written in one call. Frames from the client must be masked;
 //! fragmented messages are joined; control frames are answered by the caller. Anything
 //! else the RFC forbids is a [`WsError::Protocol`].

@@ -102,7 +102,7 @@ impl Checkpointer {
     /// the writer's connection between transactions (a checkpoint cannot wait for readers
     /// inside the hook). Should the thread hold the checkpoint at that moment, the
     /// restart is tried again after the next commit; should readers keep it from
-    /// finishing, [`RESTART_BACKOFF`] later, so a long read cannot make every commit
+    /// finishing, `RESTART_BACKOFF` later, so a long read cannot make every commit
     /// wait; other failures are logged.
     pub fn restart_if_due(&self, writer: &Connection) {
         if !self.restart_ready.load(Ordering::Relaxed) {

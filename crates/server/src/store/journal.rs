@@ -8,7 +8,7 @@
 //! transactions behind the acks and then empties the file; on opening, whatever the file
 //! still holds is moved in before anything else happens.
 //!
-//! The file starts with [`MAGIC`] and the id of the store it belongs to, so that a
+//! The file starts with `MAGIC` and the id of the store it belongs to, so that a
 //! journal is never applied to another database. A group cut short by a crash (or whose
 //! checksum does not match) ends the journal: it and anything after it are dropped.
 

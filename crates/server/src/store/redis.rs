@@ -376,7 +376,7 @@ impl Store for RedisStore {
         Ok(all.into_iter().map(|(agent, offset)| Cursor { agent, offset }).collect())
     }
 
-    /// Looks through the newest [`SEARCH_SCAN`] messages of each topic for every word of
+    /// Looks through the newest `SEARCH_SCAN` messages of each topic for every word of
     /// the query (case-insensitive substrings): Redis keeps no full-text index.
     fn search(&self, query: &SearchQuery) -> Result<Vec<StoredHit>, StoreError> {
         let words: Vec<String> = query.words.split_whitespace().map(str::to_lowercase).collect();

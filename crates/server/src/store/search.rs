@@ -130,9 +130,9 @@ impl SearchIndex {
     }
 
     /// Indexes up to `budget` messages not yet indexed, in one transaction, and returns
-    /// how many it read. With nothing to index, or once caught up and [`PURGE_EVERY`]
+    /// how many it read. With nothing to index, or once caught up and `PURGE_EVERY`
     /// after the last purge, it also purges the entries of trimmed messages among the
-    /// next [`PURGE_STEP`] entries: while a round of the index is under way, or when the
+    /// next `PURGE_STEP` entries: while a round of the index is under way, or when the
     /// store has trimmed since the last round (`trims` counts the store's trims). An idle
     /// index whose messages were not trimmed does nothing.
     pub fn step(&mut self, budget: usize, trims: u64) -> rusqlite::Result<u64> {

@@ -7,7 +7,7 @@
 //! journaled batches into the tables in large transactions behind the acks: a move
 //! starts when [`INGEST_RECORDS`] messages or [`INGEST_BYTES`] wait, or at the tick, and
 //! goes [`MOVE_STEP`] messages at a time between batches, which are journaled behind it,
-//! in one transaction that commits once it has them all ([`Moving`]). The next large
+//! in one transaction that commits once it has them all (`Moving`). The next large
 //! group, an idle writer, trimming and closing finish it at once. Until then reads take
 //! the journaled messages from memory, so every acknowledged message is readable at once.
 //! A thread of its own checkpoints the log ([`super::checkpoint`]). The search index lives in a
