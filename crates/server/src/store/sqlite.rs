@@ -272,6 +272,8 @@ struct Moving {
     seq_before: i64,
     /// Each topic the move changed, as it was before (`None`: created by the move).
     topics_before: HashMap<TopicName, Option<TopicRow>>,
+    /// The newest inbox position of each agent among the batches inserted so far.
+    cursors: HashMap<String, u64>,
 }
 
 /// Why appends are refused.
@@ -441,21 +443,35 @@ impl SqliteStore {
         records: &[Record<'_>],
         cursors: &[Cursor],
     ) -> Result<(), StoreError> {
-        let batches = self.journaled().batches.clone();
-        if batches.is_empty() && records.is_empty() && cursors.is_empty() {
+        // The next batches, about `budget` messages (at least one batch). Only this thread
+        // journals, so the journal does not change while the step runs.
+        let from = writer.moving.as_ref().map_or(0, |m| m.batches);
+        let (step, total) = {
+            let journaled = self.journaled();
+            let all = &journaled.batches;
+            let (mut to, mut taken) = (from, 0usize);
+            while to < all.len() && (to == from || taken < budget) {
+                taken += all[to].records.len();
+                to += 1;
+            }
+            (all[from..to].to_vec(), all.len())
+        };
+        if total == 0 && records.is_empty() && cursors.is_empty() {
             writer.refusing = None;
             writer.move_wanted = false;
             return Ok(());
         }
-        match writer.move_step(&batches, budget, records, cursors) {
+        let last = from + step.len() == total;
+        let (records, cursors) = if last { (records, cursors) } else { (&[][..], &[][..]) };
+        match writer.move_step(&step, last, records, cursors) {
             Ok(false) => Ok(()),
             Ok(true) => {
                 writer.refusing = None;
                 writer.move_wanted = false;
-                if !batches.is_empty() {
+                if total > 0 {
                     {
                         let mut journaled = self.journaled();
-                        journaled.batches.drain(..batches.len());
+                        journaled.batches.drain(..total);
                         journaled.records = journaled.batches.iter().map(|b| b.records.len()).sum();
                         journaled.bytes = journaled.batches.iter().map(|b| b.frame_bytes()).sum();
                     }
@@ -472,9 +488,9 @@ impl SqliteStore {
             }
             Err(e) => {
                 writer.undo_move();
-                if !batches.is_empty() {
+                if total > 0 {
                     if writer.refusing.is_none() {
-                        let messages: usize = batches.iter().map(|b| b.records.len()).sum::<usize>() + records.len();
+                        let messages = self.journaled().records + records.len();
                         tracing::error!(error = %e, messages, "cannot move the journal into the tables; refusing writes");
                     }
                     writer.refusing = Some(Refusal::of(&e));
@@ -583,59 +599,52 @@ impl Writer {
         }
     }
 
-    /// Inserts the next journaled `batches` (about `budget` messages, at least one batch)
-    /// into the move's transaction, beginning it if none is open. With `usize::MAX` it
-    /// inserts every batch left and then `records` and `cursors`. Once every batch is in,
-    /// it stores the inbox positions and commits. Returns whether it committed; on an
-    /// error the caller undoes the move ([`Writer::undo_move`]).
+    /// Inserts `step`, the next journaled batches, into the move's transaction, beginning
+    /// it if none is open. When `last`, it then inserts `records`, stores the inbox
+    /// positions of the whole move and `cursors`, and commits. Returns whether it
+    /// committed; on an error the caller undoes the move ([`Writer::undo_move`]).
     fn move_step(
         &mut self,
-        batches: &[Arc<JournaledBatch>],
-        budget: usize,
+        step: &[Arc<JournaledBatch>],
+        last: bool,
         records: &[Record<'_>],
         cursors: &[Cursor],
     ) -> Result<bool, StoreError> {
         if self.moving.is_none() {
             self.conn.execute_batch("BEGIN").map_err(db_error)?;
-            self.moving = Some(Moving { batches: 0, seq_before: self.next_seq, topics_before: HashMap::new() });
+            self.moving = Some(Moving {
+                batches: 0,
+                seq_before: self.next_seq,
+                topics_before: HashMap::new(),
+                cursors: HashMap::new(),
+            });
         }
-        let from = self.moving.as_ref().map_or(0, |m| m.batches);
-        let (mut to, mut taken) = (from, 0usize);
-        while to < batches.len() && (to == from || taken < budget) {
-            taken += batches[to].records.len();
-            to += 1;
-        }
-        let complete = to == batches.len();
-        let mut rows: Vec<Record<'_>> =
-            batches[from..to].iter().flat_map(|b| b.records.iter().map(|r| r.record())).collect();
-        if complete && budget == usize::MAX {
+        let mut rows: Vec<Record<'_>> = step.iter().flat_map(|b| b.records.iter().map(|r| r.record())).collect();
+        if last {
             rows.extend_from_slice(records);
         }
         check_offsets(&self.topics, &HashMap::new(), &rows)?;
         let (touched, next_seq) = insert_records(&self.conn, &self.topics, self.next_seq, &rows)?;
+        let Some(moving) = self.moving.as_mut() else {
+            return Err(StoreError::Database("the move of the journal was lost".into()));
+        };
         for (name, row) in touched {
             let before = self.topics.insert(name.clone(), row);
-            if let Some(m) = self.moving.as_mut() {
-                m.topics_before.entry(name.clone()).or_insert(before);
-            }
+            moving.topics_before.entry(name.clone()).or_insert(before);
         }
         self.next_seq = next_seq;
-        if let Some(m) = self.moving.as_mut() {
-            m.batches = to;
-        }
-        if !complete {
-            return Ok(false);
-        }
-        let extra = if budget == usize::MAX { cursors } else { &[] };
+        moving.batches += step.len();
         // One row per agent: the batches move each inbox position forward many times.
-        let mut newest: HashMap<&str, u64> = HashMap::new();
-        for c in batches.iter().flat_map(|b| &b.cursors).chain(extra) {
-            let offset = newest.entry(&c.agent).or_default();
+        for c in step.iter().flat_map(|b| &b.cursors).chain(if last { cursors } else { &[] }) {
+            let offset = moving.cursors.entry(c.agent.clone()).or_default();
             *offset = (*offset).max(c.offset);
         }
-        let all_cursors: Vec<Cursor> =
-            newest.into_iter().map(|(agent, offset)| Cursor { agent: agent.to_owned(), offset }).collect();
-        upsert_cursors(&self.conn, &all_cursors).map_err(db_error)?;
+        if !last {
+            return Ok(false);
+        }
+        let newest: Vec<Cursor> =
+            std::mem::take(&mut moving.cursors).into_iter().map(|(agent, offset)| Cursor { agent, offset }).collect();
+        upsert_cursors(&self.conn, &newest).map_err(db_error)?;
         self.conn.execute_batch("COMMIT").map_err(db_error)?;
         self.moving = None;
         Ok(true)
