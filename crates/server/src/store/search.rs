@@ -43,6 +43,9 @@ const SCHEMA: &str = "CREATE TABLE state (
     );
     CREATE VIRTUAL TABLE search USING fts5(body);";
 
+/// Entries indexed between two offers of the processor to other threads.
+const YIELD_EVERY: usize = 32;
+
 /// Rows read from the messages per read. The indexer runs at the lowest priority and may
 /// wait long for the processor while it reads; a read keeps the write-ahead log from
 /// being copied past its start, so every read is short, and the searchable text is taken
@@ -155,6 +158,7 @@ impl SearchIndex {
                 Some(&(seq, _)) if rows.len() - before == limit && rows.len() < budget => after = seq,
                 _ => break,
             }
+            std::thread::yield_now();
         }
         let Some(&(upto, _)) = rows.last() else {
             if self.purge_due(trims) {
@@ -165,9 +169,12 @@ impl SearchIndex {
         let tx = self.index.transaction()?;
         {
             let mut insert = tx.prepare_cached(INSERT)?;
-            for (seq, frame) in &rows {
+            for (i, (seq, frame)) in rows.iter().enumerate() {
                 if let Some(body) = searchable_text(frame) {
                     insert.execute(params![seq, body])?;
+                }
+                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                    std::thread::yield_now();
                 }
             }
         }
