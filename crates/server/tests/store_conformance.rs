@@ -766,6 +766,12 @@ mod sqlite_only {
         SqliteStore::open(dir, &StoreConfig::default()).unwrap()
     }
 
+    /// Entries in the search index file of the data folder `dir`.
+    fn index_entries(dir: &std::path::Path) -> i64 {
+        let index = rusqlite::Connection::open(dir.join("agentbus-search.db")).unwrap();
+        index.query_row("SELECT count(*) FROM search", [], |r| r.get(0)).unwrap()
+    }
+
     fn open_error(result: Result<SqliteStore, StoreError>) -> (String, String) {
         match result {
             Err(StoreError::Open { path, reason }) => (path, reason),
@@ -1256,8 +1262,7 @@ mod sqlite_only {
         assert_eq!(store.maintain(1000).unwrap(), 0);
         let index = rusqlite::Connection::open(dir.path().join("agentbus-search.db")).unwrap();
         index.execute("INSERT INTO search (search, rank) VALUES ('integrity-check', 1)", []).unwrap();
-        let entries: i64 = index.query_row("SELECT count(*) FROM search", [], |r| r.get(0)).unwrap();
-        assert_eq!(entries, 50);
+        assert_eq!(index_entries(dir.path()), 50);
     }
 
     #[test]
@@ -1268,16 +1273,12 @@ mod sqlite_only {
         // The indexer reads a few hundred rows at a time; a step still takes its budget.
         assert_eq!(store.maintain(2000).unwrap(), 2000);
         assert_eq!(store.maintain(2000).unwrap(), 1000);
-        let index = rusqlite::Connection::open(dir.path().join("agentbus-search.db")).unwrap();
-        let entries = |index: &rusqlite::Connection| -> i64 {
-            index.query_row("SELECT count(*) FROM search", [], |r| r.get(0)).unwrap()
-        };
-        assert_eq!(entries(&index), 3000);
+        assert_eq!(index_entries(dir.path()), 3000);
         assert_eq!(hit_offsets(&search(&store, "message 2999")), vec![2999]);
         // Nothing left to index: the step purges, reading the stored messages in chunks.
         assert_eq!(store.trim(&keep(2500, 0), 0, 10_000).unwrap(), 500);
         assert_eq!(store.maintain(2000).unwrap(), 0);
-        assert_eq!(entries(&index), 2500);
+        assert_eq!(index_entries(dir.path()), 2500);
         assert_eq!(hit_offsets(&search(&store, "message 501")), vec![501]);
         assert_eq!(hit_offsets(&search(&store, "message 500")), Vec::<u64>::new());
     }
@@ -1295,18 +1296,14 @@ mod sqlite_only {
         let db = rusqlite::Connection::open(dir.path().join("agentbus.db")).unwrap();
         db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         db.execute("DELETE FROM messages WHERE offset = 5", []).unwrap();
-        let index = rusqlite::Connection::open(dir.path().join("agentbus-search.db")).unwrap();
-        let entries = |index: &rusqlite::Connection| -> i64 {
-            index.query_row("SELECT count(*) FROM search", [], |r| r.get(0)).unwrap()
-        };
         for _ in 0..3 {
             assert_eq!(store.maintain(1000).unwrap(), 0);
         }
-        assert_eq!(entries(&index), 10, "no trim, no purge");
+        assert_eq!(index_entries(dir.path()), 10, "no trim, no purge");
         // A trim makes the next step go round again, and that round finds both.
         assert_eq!(store.trim(&keep(8, 0), 0, 100).unwrap(), 2);
         assert_eq!(store.maintain(1000).unwrap(), 0);
-        assert_eq!(entries(&index), 7, "offsets 1, 2 (trimmed) and 5 are gone");
+        assert_eq!(index_entries(dir.path()), 7, "offsets 1, 2 (trimmed) and 5 are gone");
     }
 
     #[test]
@@ -1320,9 +1317,7 @@ mod sqlite_only {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         append(&store, &numbered("t", 11, 11)).unwrap();
         assert_eq!(store.maintain(1000).unwrap(), 1);
-        let index = rusqlite::Connection::open(dir.path().join("agentbus-search.db")).unwrap();
-        let entries: i64 = index.query_row("SELECT count(*) FROM search", [], |r| r.get(0)).unwrap();
-        assert_eq!(entries, 3, "offsets 9, 10 and 11 remain");
+        assert_eq!(index_entries(dir.path()), 3, "offsets 9, 10 and 11 remain");
     }
 
     #[test]
