@@ -11,8 +11,9 @@
 //! After each commit into the tables (not an append to the journal) and each tick it
 //! wakes the search indexer ([`super::indexer`]), which runs on a thread of its own.
 //! When the store journaled batches instead of committing them
-//! ([`Store::has_unflushed`]) and no work arrives for [`FLUSH_WHEN_IDLE`], it flushes
-//! them into place. On [`ToWriter::Tick`] (every second) it trims history beyond
+//! ([`Store::has_unflushed`]), it moves them into place a step at a time between
+//! batches while the store says a move is due ([`Store::flush_due`]), and all at once
+//! when no work arrives for [`FLUSH_WHEN_IDLE`]. On [`ToWriter::Tick`] (every second) it trims history beyond
 //! retention, [`TRIM_STEP`] rows at a time, looking at the queue between steps.
 
 use std::sync::Arc;
