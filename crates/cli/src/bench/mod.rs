@@ -8,13 +8,15 @@
 //!
 //! Files: `conn` (URL, connect, register, subscribe), `frames` (building and scanning
 //! frames), `publisher` and `subscriber` (the pipelined halves), `pubsub` (the engine of
-//! `fanout`, `rate` and `pairs`), one file per other scenario, `stats` and `report`.
+//! `fanout`, `rate` and `pairs`), one file per other scenario (`loopback` needs no
+//! server: it measures the machine), `stats` and `report`.
 
 mod conn;
 mod durable;
 mod fanout;
 mod frames;
 mod idle;
+mod loopback;
 mod pairs;
 mod publisher;
 mod pubsub;
@@ -65,13 +67,13 @@ pub struct BenchArgs {
     /// Content size in bytes [default: 100; 200 for `durable`].
     #[arg(long)]
     pub size: Option<usize>,
-    /// `fanout`, `rate`: subscribers of the one topic.
+    /// `fanout`, `rate`, `loopback`: subscribers of the one topic.
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
     /// Sends in flight (sent, not yet acked) per publisher.
     #[arg(long, default_value_t = 1000)]
     pub window: usize,
-    /// `rate`: messages per second.
+    /// `rate`, `loopback`: messages per second.
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
     /// `pairs`: publisher/subscriber pairs, each on its own topic.
@@ -93,6 +95,9 @@ pub struct BenchArgs {
     /// the next address); by default the kernel's choice, or 127.0.0.2… past 20,000.
     #[arg(long)]
     pub source_ip: Option<Ipv4Addr>,
+    /// `loopback`: the CPU to run the sender on (the server's CPU in the other scenarios).
+    #[arg(long)]
+    pub sender_cpu: Option<usize>,
     /// Allow a URL that is not loopback.
     #[arg(long)]
     pub allow_remote: bool,
@@ -113,6 +118,9 @@ pub enum Scenario {
     Request,
     /// Many idle connections: memory per connection.
     Idle,
+    /// The `rate` traffic with no server: a thread writes each message to every
+    /// subscriber's socket. The machine's floor under `rate`.
+    Loopback,
 }
 
 impl Scenario {
@@ -124,6 +132,7 @@ impl Scenario {
             Scenario::Durable => "durable",
             Scenario::Request => "request",
             Scenario::Idle => "idle",
+            Scenario::Loopback => "loopback",
         }
     }
 }
@@ -171,7 +180,8 @@ impl Ctx {
     /// A report with the parameters every scenario has.
     fn report(&self, scenario: Scenario) -> Report {
         let urls: Vec<&str> = self.targets.iter().map(|t| t.url.as_str()).collect();
-        let mut r = Report::new(scenario.name(), &urls.join(","));
+        let url = if urls.is_empty() { "none (no server)".to_owned() } else { urls.join(",") };
+        let mut r = Report::new(scenario.name(), &url);
         r.param("duration_secs", self.duration.as_secs_f64());
         r.param("size", self.size);
         if let Some(pid) = self.server_pid {
@@ -196,7 +206,7 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--size is limited to 512 KiB (the server's frame limit is 1 MiB)");
     }
     let connections = match args.scenario {
-        Scenario::Fanout | Scenario::Rate => args.subscribers + 1,
+        Scenario::Fanout | Scenario::Rate | Scenario::Loopback => args.subscribers + 1,
         Scenario::Pairs => 2 * args.pairs,
         Scenario::Durable => 2,
         Scenario::Request => args.requesters + 1,
@@ -205,7 +215,7 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if connections < 2 && args.scenario != Scenario::Idle || connections == 0 {
         bail!("the scenario needs at least one connection of each role");
     }
-    if args.scenario == Scenario::Rate && args.rate == 0 {
+    if matches!(args.scenario, Scenario::Rate | Scenario::Loopback) && args.rate == 0 {
         bail!("--rate must be at least 1");
     }
     if args.scenario == Scenario::Request && args.inflight == 0 {
@@ -229,10 +239,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     let report = runtime.block_on(async {
         let mut targets = Vec::new();
-        for url in args.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            targets.push(Target::resolve(url, args.allow_remote).await?);
+        if args.scenario != Scenario::Loopback {
+            for url in args.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                targets.push(Target::resolve(url, args.allow_remote).await?);
+            }
+            anyhow::ensure!(!targets.is_empty(), "no server URL given");
         }
-        anyhow::ensure!(!targets.is_empty(), "no server URL given");
         let duration = Duration::from_secs(args.duration);
         let epoch = Instant::now();
         let default_size = if args.scenario == Scenario::Durable { 200 } else { 100 };
@@ -278,6 +290,7 @@ async fn scenario(ctx: &Arc<Ctx>, args: &BenchArgs) -> anyhow::Result<Report> {
         Scenario::Durable => durable::run(ctx, &mut report, args.replay).await?,
         Scenario::Request => request::run(ctx, &mut report, args.requesters, args.inflight).await?,
         Scenario::Idle => idle::run(ctx, &mut report, args.connections, args.source_ip).await?,
+        Scenario::Loopback => loopback::run(ctx, &mut report, args.subscribers, args.rate, args.sender_cpu).await?,
     }
     Ok(report)
 }

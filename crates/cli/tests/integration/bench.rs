@@ -56,3 +56,22 @@ async fn every_scenario_runs_to_its_end_and_loses_nothing() {
     assert_eq!(r["dropped_while_idle"].as_u64(), Some(0), "{r}");
     assert!(r["server_rss_per_connection_bytes"].as_f64().is_some(), "{r}");
 }
+
+/// `loopback` needs no server: its sender thread writes every message to every
+/// subscriber, and each one is read and timed.
+#[tokio::test]
+async fn loopback_measures_the_machine_without_a_server() {
+    let mut cmd = Command::new(agentbus_bin());
+    cmd.args(["bench", "loopback", "--subscribers", "5", "--rate", "200", "--sender-cpu", "0"]);
+    cmd.args(["--duration", "1", "--json"]);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.expect("bench ended").expect("ran");
+    assert!(out.status.success(), "bench loopback failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["scenario"], "loopback");
+    let r = &report["results"];
+    let sent = r["sent"].as_u64().unwrap();
+    assert!(sent >= 100, "a second at 200/s sends about 200 messages: {r}");
+    assert_eq!((r["deliveries"].as_u64(), r["loss"].as_i64()), (Some(5 * sent), Some(0)), "{r}");
+    assert_eq!(r["latency_samples"], r["deliveries"], "{r}");
+    assert!(r["server_cpu_per_delivery_us"].as_f64().is_some_and(|us| us > 0.0), "the sender's CPU: {r}");
+}
