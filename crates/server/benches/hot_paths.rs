@@ -177,7 +177,8 @@ fn sqlite_floor(c: &mut Criterion) {
     const ROWS: u64 = 4096;
     // Rows come in runs of one topic, as a connection's reads bring them.
     const RUN: i64 = 32;
-    let frame = format!(r#"{{"type":"message","topic":"bench.pairs.0","content":"t=1;{}","offset":1}}"#, "x".repeat(220));
+    let frame =
+        format!(r#"{{"type":"message","topic":"bench.pairs.0","content":"t=1;{}","offset":1}}"#, "x".repeat(220));
     let mut g = c.benchmark_group("sqlite_floor");
     g.throughput(Throughput::Elements(ROWS));
     for (name, schema, topics) in [
