@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Ctx;
-use super::report::Report;
+use super::report::{Report, round3};
 use super::stats::{CpuWindow, Latency, rate};
 
 /// Bytes a server adds around a content of `--size` bytes in a `message` frame of the
@@ -83,8 +83,8 @@ pub async fn run(
         tcp.set_nodelay(true)?;
         readers.push(tokio::spawn(read(tcp, len, ctx.clone())));
     }
-    // The sender starts once it has accepted every socket.
-    report.figure("setup_secs", "connect time", (setup.elapsed().as_secs_f64() * 1000.0).round() / 1000.0, "s");
+    // The sender starts as soon as it has accepted every socket, that is, now.
+    report.figure("setup_secs", "connect time", round3(setup.elapsed().as_secs_f64()), "s");
     let window = CpuWindow::start(None);
     let first_send = Instant::now();
     let sent = tokio::task::spawn_blocking(move || sender.join())
@@ -114,7 +114,6 @@ pub async fn run(
     if let (Some(sender), Some(bench)) = (sent.cpu, cpu.bench_secs) {
         cpu.server_secs = Some(sender.as_secs_f64());
         cpu.bench_secs = Some((bench - sender.as_secs_f64()).max(0.0));
-        cpu.other_secs = cpu.other_secs.map(|o| (o - sender.as_secs_f64()).max(0.0));
         report.note("\"server\" CPU is the sender thread's; \"bench\" CPU is the readers'");
     }
     report.cpu("", &cpu, Some((all.received, "delivery")));
