@@ -2,9 +2,11 @@
 //! thread, pinned with `--sender-cpu` as a server would be, writes each message to every
 //! subscriber's socket in turn at `--rate` messages per second, as many bytes as the
 //! frame a server sends for that content; the bench's subscribers read and time them as
-//! in `rate`. The sender does nothing else (no reading, parsing, storing or scheduling),
-//! so its latency percentiles and CPU per delivery are the floor under any server's
-//! `rate` figures on the same machine.
+//! in `rate`, from the moment each message was due. Behind time, it writes every message
+//! due in one write per socket, as a server writes what queued for a subscriber. It does
+//! nothing else (no reading, parsing, storing or scheduling), so its latency percentiles
+//! and CPU per delivery are the floor under any server's `rate` figures on the same
+//! machine.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
@@ -34,6 +36,9 @@ const READ_CHUNK: usize = 64 * 1024;
 struct Sent {
     /// Messages written to every socket.
     messages: u64,
+    /// Rounds of writes (one write per socket each): fewer than `messages` when the
+    /// sender fell behind and wrote several messages at once.
+    writes: u64,
     /// CPU time of the sender thread while sending, when the kernel reports it.
     cpu: Option<Duration>,
     /// Why the sender stopped early, if it did.
@@ -102,11 +107,13 @@ pub async fn run(
     let expected = sent.messages * subscribers as u64;
     let span = all.last_receive.map_or(Duration::ZERO, |t| t.saturating_duration_since(first_send));
     report.figure("sent", "messages sent (to every subscriber)", sent.messages, "");
+    let per_write = sent.messages as f64 / sent.writes.max(1) as f64;
+    report.figure("messages_per_write", "messages per write", round3(per_write), "");
     report.figure("deliveries", "deliveries received", all.received, "");
     report.figure("expected_deliveries", "deliveries expected", expected, "");
     report.figure("loss", "loss (expected − received)", expected as i64 - all.received as i64, "");
     report.figure("deliveries_per_sec", "deliveries/s", rate(all.received, span).round(), "/s");
-    report.latency("latency", "send→deliver", &all.latency);
+    report.latency("latency", "due→deliver", &all.latency);
     if let Some(failure) = sent.failure.or(all.failure) {
         report.note(format!("ended early: {failure}"));
     }
@@ -121,8 +128,8 @@ pub async fn run(
 }
 
 /// The sender thread: moves to `cpu` (saying through `ready` whether it could), accepts
-/// `subscribers` sockets, then writes `len`-byte messages to
-/// each in turn, `per_sec` times a second for the run's duration, and closes them.
+/// `subscribers` sockets, then writes `len`-byte messages to each in turn, `per_sec`
+/// times a second for the run's duration, and closes them.
 fn send(
     listener: &TcpListener,
     subscribers: usize,
@@ -132,7 +139,7 @@ fn send(
     ctx: &Ctx,
     ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
 ) -> Sent {
-    let mut sent = Sent { messages: 0, cpu: None, failure: None };
+    let mut sent = Sent { messages: 0, writes: 0, cpu: None, failure: None };
     let pinned = cpu.map_or(Ok(()), pin_to);
     let ok = pinned.is_ok();
     let _ = ready.send(pinned);
@@ -155,22 +162,36 @@ fn send(
         }
     }
     let interval = Duration::from_secs(1) / u32::try_from(per_sec).unwrap_or(u32::MAX).max(1);
-    let mut msg = vec![b'x'; len];
+    let total = u64::try_from(ctx.duration.as_nanos() / interval.as_nanos().max(1)).unwrap_or(u64::MAX);
     let start = Instant::now();
-    let stop = (start + ctx.duration).min(ctx.hard);
+    let due = |i: u64| start + interval * u32::try_from(i).unwrap_or(u32::MAX);
+    let mut batch = Vec::new();
     let cpu_before = thread_cpu();
-    let mut due = start;
-    while due < stop {
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+    while sent.messages < total && Instant::now() < ctx.hard {
+        let next = due(sent.messages);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        msg[..8].copy_from_slice(&ctx.now_ns().to_le_bytes());
-        if let Err(e) = sockets.iter_mut().try_for_each(|s| s.write_all(&msg)) {
+        // Every message due by now goes out in one write per socket, as a server that
+        // has fallen behind writes what has queued for a subscriber at once. Each is
+        // stamped with the time it was due: a late start (a late wake, or the previous
+        // writes still going) counts, as a publish waiting for a busy server counts in
+        // `rate`.
+        let elapsed = Instant::now().saturating_duration_since(start);
+        let upto = u64::try_from(elapsed.as_nanos() / interval.as_nanos().max(1)).unwrap_or(u64::MAX);
+        let upto = upto.saturating_add(1).clamp(sent.messages + 1, total);
+        batch.clear();
+        for i in sent.messages..upto {
+            let at = batch.len();
+            batch.resize(at + len, b'x');
+            batch[at..at + 8].copy_from_slice(&ctx.ns_at(due(i)).to_le_bytes());
+        }
+        if let Err(e) = sockets.iter_mut().try_for_each(|s| s.write_all(&batch)) {
             sent.failure = Some(format!("write failed: {e}"));
             break;
         }
-        sent.messages += 1;
-        due += interval;
+        sent.messages = upto;
+        sent.writes += 1;
     }
     sent.cpu = thread_cpu().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     sent
