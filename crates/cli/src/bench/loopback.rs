@@ -29,6 +29,9 @@ pub const FRAME_OVERHEAD: usize = 160;
 /// A write that cannot finish in this long means the readers are gone or stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Messages written at once to a socket when the sender is behind, at most.
+const MAX_PER_WRITE: u64 = 256;
+
 /// Bytes read at once by a subscriber.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -161,10 +164,10 @@ fn send(
             }
         }
     }
-    let interval = Duration::from_secs(1) / u32::try_from(per_sec).unwrap_or(u32::MAX).max(1);
-    let total = u64::try_from(ctx.duration.as_nanos() / interval.as_nanos().max(1)).unwrap_or(u64::MAX);
+    let interval_ns = (1_000_000_000 / per_sec.max(1)).max(1);
+    let total = u64::try_from(ctx.duration.as_nanos()).unwrap_or(u64::MAX) / interval_ns;
     let start = Instant::now();
-    let due = |i: u64| start + interval * u32::try_from(i).unwrap_or(u32::MAX);
+    let due = |i: u64| start + Duration::from_nanos(interval_ns.saturating_mul(i));
     let mut batch = Vec::new();
     let cpu_before = thread_cpu();
     while sent.messages < total && Instant::now() < ctx.hard {
@@ -177,9 +180,9 @@ fn send(
         // stamped with the time it was due: a late start (a late wake, or the previous
         // writes still going) counts, as a publish waiting for a busy server counts in
         // `rate`.
-        let elapsed = Instant::now().saturating_duration_since(start);
-        let upto = u64::try_from(elapsed.as_nanos() / interval.as_nanos().max(1)).unwrap_or(u64::MAX);
-        let upto = upto.saturating_add(1).clamp(sent.messages + 1, total);
+        let elapsed = u64::try_from(Instant::now().saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX);
+        let upto = (elapsed / interval_ns).saturating_add(1).clamp(sent.messages + 1, total);
+        let upto = upto.min(sent.messages + MAX_PER_WRITE);
         batch.clear();
         for i in sent.messages..upto {
             let at = batch.len();
